@@ -1,0 +1,133 @@
+"""Shared fixtures: tiny fake dataset trees (32x16 images, 4x2 masks) built in ``tmp_path``."""
+
+from __future__ import annotations
+
+import os
+import os.path as osp
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pytest
+from PIL import Image
+
+IMG_H, IMG_W = 32, 16
+MASK_SHAPE = (36, 4, 2)
+
+
+def write_image(path: str, value: int = 128, size: Tuple[int, int] = (IMG_H, IMG_W)) -> str:
+    """A flat-colour RGB image (format from the extension)."""
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    Image.fromarray(np.full((*size, 3), value, dtype=np.uint8)).save(path)
+    return path
+
+
+def write_mask(path: str, shape: Sequence[int] = MASK_SHAPE, value: float = 0.9) -> str:
+    """A ``.npy`` mask filled with ``value``."""
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    np.save(path, np.full(shape, value, dtype=np.float32))
+    return path
+
+
+def market_names(pids: Iterable[int], cams: Iterable[int], per_cam: int) -> List[str]:
+    """Market-style file names ``<pid>_c<cam>s1_<n>_00.jpg``."""
+    return [f"{pid:04d}_c{cam}s1_{n:06d}_00.jpg" for pid in pids for cam in cams for n in range(per_cam)]
+
+
+def make_market_like(
+    data_dir: str,
+    *,
+    train_pids: Sequence[int] = (1, 3, 7, 12, 20, 25),
+    test_pids: Sequence[int] = (2, 4, 5),
+    cams: Sequence[int] = (1, 2),
+    per_cam: int = 2,
+    resize: bool = False,
+    mask_suffix: Optional[str] = ".npy",
+    junk: bool = True,
+) -> Dict[str, List[str]]:
+    """Market-like tree ``bounding_box_train`` / ``query`` / ``bounding_box_test`` (+ masks).
+
+    Query = first image of each test pid in camera ``cams[0]``; gallery = the test pids in the other
+    cameras plus a distractor (pid 0); train and gallery each get a junk (-1) image when ``junk``.
+    Returns the created image paths per split (junk included).
+    """
+    sfx = "_resize" if resize else ""
+    split_names = {
+        "bounding_box_train": market_names(train_pids, cams, per_cam),
+        "query": market_names(test_pids, cams[:1], 1),
+        "bounding_box_test": market_names(test_pids, cams[1:], per_cam) + market_names([0], cams[:1], 1),
+    }
+    if junk:
+        split_names["bounding_box_train"].append("-1_c1s1_000000_00.jpg")
+        split_names["bounding_box_test"].append("-1_c2s1_000000_00.jpg")
+    out = {}
+    for split, names in split_names.items():
+        out[split] = [write_image(osp.join(data_dir, split + sfx, n)) for n in names]
+        if mask_suffix:
+            for n in names:
+                write_mask(
+                    osp.join(
+                        data_dir,
+                        "masks",
+                        "pifpaf_maskrcnn_filtering",
+                        split + sfx,
+                        osp.splitext(n)[0] + mask_suffix,
+                    )
+                )
+    return out
+
+
+def make_pid_folders(
+    split_dir: str, pids: Sequence[int], per_id: int, ext: str, mask_dir: Optional[str] = None
+) -> List[str]:
+    """``split_dir/<pid>/<pid>_<n><ext>`` images (+ ``mask_dir/<stem>.npy`` masks)."""
+    paths = []
+    for pid in pids:
+        for n in range(per_id):
+            name = f"{pid:04d}_{n:02d}{ext}"
+            paths.append(write_image(osp.join(split_dir, f"{pid:04d}", name)))
+            if mask_dir:
+                write_mask(osp.join(mask_dir, osp.splitext(name)[0] + ".npy"))
+    return paths
+
+
+@pytest.fixture
+def market_like() -> Callable[..., Dict[str, List[str]]]:
+    """Factory: ``market_like(data_dir, **options)`` -> image paths per split (see ``make_market_like``)."""
+    return make_market_like
+
+
+@pytest.fixture
+def pid_folders() -> Callable[..., List[str]]:
+    """Factory: ``pid_folders(split_dir, pids, per_id, ext, mask_dir=None)`` -> image paths."""
+    return make_pid_folders
+
+
+@pytest.fixture
+def image_file() -> Callable[..., str]:
+    """Factory: ``image_file(path, value=128, size=(32, 16))`` -> path."""
+    return write_image
+
+
+@pytest.fixture
+def mask_file() -> Callable[..., str]:
+    """Factory: ``mask_file(path, shape=(36, 4, 2), value=0.9)`` -> path."""
+    return write_mask
+
+
+SYNTHETIC_PARAMS = dict(num_ids=6, num_test_ids=3, images_per_id=4, height=64, width=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> str:
+    """A data root holding a tiny generated ``synthetic_occluded`` dataset (``SYNTHETIC_PARAMS``)."""
+    from profd_plugin.data.synthetic import ensure_synthetic_occluded
+
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    ensure_synthetic_occluded(root, **SYNTHETIC_PARAMS)
+    return root
+
+
+@pytest.fixture
+def synthetic_params() -> dict:
+    """Generator parameters of the ``synthetic_root`` dataset."""
+    return dict(SYNTHETIC_PARAMS)

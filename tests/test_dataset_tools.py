@@ -1,0 +1,118 @@
+"""tools/check_dataset.py and tools/download_masks.py, run in-process."""
+
+import importlib.util
+import json
+import os
+import os.path as osp
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+from profd_plugin.data.datasets import DukeMTMCreID
+
+TOOLS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "tools")
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", osp.join(TOOLS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def check_dataset():
+    return load_tool("check_dataset")
+
+
+@pytest.fixture(scope="module")
+def download_masks():
+    return load_tool("download_masks")
+
+
+def last_json(out):
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_check_dataset_json_matches_dataset(tmp_path, market_like, check_dataset, capsys):
+    data = market_like(str(tmp_path / "dukemtmc-reid" / "DukeMTMC-reID"), junk=False)
+    names = [osp.splitext(osp.basename(p))[0] for p in data["bounding_box_train"][:2]]
+    mask_dir = (
+        tmp_path
+        / "dukemtmc-reid"
+        / "DukeMTMC-reID"
+        / "masks"
+        / "pifpaf_maskrcnn_filtering"
+        / "bounding_box_train"
+    )
+    os.remove(mask_dir / f"{names[0]}.npy")
+    np.save(mask_dir / f"{names[1]}.npy", np.zeros((7, 4, 2)))
+    assert check_dataset.main(["--root", str(tmp_path), "--dataset", "dukemtmcreid", "--json"]) == 0
+    out = capsys.readouterr().out
+    summary = last_json(out)
+    ds = DukeMTMCreID(root=str(tmp_path), verbose=False)
+    assert list(summary) == [
+        "dataset",
+        "train_ids",
+        "train_images",
+        "query_ids",
+        "query_images",
+        "gallery_ids",
+        "gallery_images",
+        "images_without_mask",
+    ]
+    assert summary["train_images"] == len(ds.train) and summary["train_ids"] == ds.num_train_pids
+    assert summary["query_images"] == len(ds.query) and summary["gallery_images"] == len(ds.gallery)
+    assert summary["gallery_ids"] == len({pid for _, pid, _, _ in ds.gallery})
+    assert summary["images_without_mask"] == 2
+    assert "(missing)" in out and "malformed" in out and names[0] in out
+
+
+def test_check_dataset_missing_folder(tmp_path, check_dataset, capsys):
+    assert check_dataset.main(["--root", str(tmp_path), "--dataset", "occluded_duke"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset 'occluded_duke' not found") and len(err.strip().splitlines()) == 1
+
+
+def test_check_dataset_synthetic(synthetic_root, synthetic_params, check_dataset, capsys):
+    opts = [x for k, v in synthetic_params.items() for x in (f"profd.synthetic.{k}", str(v))]
+    assert (
+        check_dataset.main(["--root", synthetic_root, "--dataset", "synthetic_occluded", "--json", *opts])
+        == 0
+    )
+    summary = last_json(capsys.readouterr().out)
+    n = synthetic_params["num_ids"] * synthetic_params["images_per_id"]
+    assert summary["train_images"] == n and summary["images_without_mask"] == 0
+
+
+def test_download_masks_fails_fast_offline(tmp_path, download_masks, monkeypatch, capsys):
+    start = time.monotonic()
+    download_masks.reachable(timeout=1.0)  # the real probe, bounded either way
+    assert time.monotonic() - start < 3.0
+    monkeypatch.setattr(download_masks, "reachable", lambda **kw: False)
+    assert download_masks.main(["--root", str(tmp_path), "--dataset", "occluded_duke"]) == 1
+    err = capsys.readouterr().err
+    assert "drive.google.com/drive/folders/1IbCAbjj3XtV3_tFOsCuqBi79ZiDqNc1H" in err
+    assert osp.join(str(tmp_path), "Occluded_Duke", "masks", "pifpaf_maskrcnn_filtering") in err
+    assert not os.listdir(tmp_path)  # nothing created
+
+
+def test_download_masks_installs_local_archive(tmp_path, download_masks, capsys):
+    archive = tmp_path / "Occluded_Duke_masks.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("Occluded_Duke/masks/pifpaf_maskrcnn_filtering/query/x.jpg.confidence_fields.npy", b"123")
+    root = tmp_path / "data"
+    assert download_masks.main(["--root", str(root), "--archive", str(archive)]) == 0
+    target = (
+        root
+        / "Occluded_Duke"
+        / "masks"
+        / "pifpaf_maskrcnn_filtering"
+        / "query"
+        / "x.jpg.confidence_fields.npy"
+    )
+    assert target.read_bytes() == b"123" and str(root / "Occluded_Duke" / "masks") in capsys.readouterr().out
+    assert download_masks.guess_dataset("P-DukeMTMC-reID.zip") == "p_dukemtmc_reid"
+    assert download_masks.guess_dataset("market1501.tar") == "market1501"
