@@ -130,6 +130,7 @@ def add_profd_config(cfg: CN) -> CN:
     p.clip.pretrained = "openai"  # 'openai' (download) | path to a local checkpoint | 'none' (random init)
     p.clip.cache_dir = ""  # open_clip download cache ('' = open_clip default)
     p.clip.stride = 16  # patch-embedding stride; 12 = overlapping patches (ProFD*, 21x10 grid)
+    p.clip.quick_gelu = True  # QuickGELU activations (OpenAI weights); False for GELU-trained open_clip ones
 
     p.prompt = CN()
     p.prompt.n_ctx = 16  # M learnable context tokens per prompt (Eq. 2/4)
@@ -139,9 +140,9 @@ def add_profd_config(cfg: CN) -> CN:
     p.prompt.learnable_background = False  # official: fixed random background vector (never updated)
 
     p.decoder = CN()
-    p.decoder.num_layers = 2
-    p.decoder.num_heads = 8
-    p.decoder.dropout = 0.1
+    p.decoder.num_layers = 2  # hybrid attention blocks
+    p.decoder.num_heads = 8  # heads of the multi-head attentions (SPA is single-head, as official)
+    p.decoder.dropout = 0.1  # dropout in attention and FFN
     p.decoder.ffn_ratio = 4  # FFN hidden = ffn_ratio x width (Eq. 11)
     p.decoder.attention = "hybrid"  # hybrid (SEA + SPA) | sea | spa | none (mask-weighted average pooling)
 
@@ -165,11 +166,11 @@ def add_profd_config(cfg: CN) -> CN:
     p.augment.erase_area = [0.02, 0.333]  # erased area fraction range
     p.augment.erase_ratio = [0.3, 3.33]  # aspect ratio range (log-uniform)
     p.augment.jitter_prob = 0.5  # color_jitter probability
-    p.augment.brightness = 0.2
-    p.augment.contrast = 0.15
-    p.augment.saturation = 0.0
-    p.augment.hue = 0.0
-    p.augment.flip_prob = 0.5
+    p.augment.brightness = 0.2  # color_jitter brightness (official Occluded-ReID config)
+    p.augment.contrast = 0.15  # color_jitter contrast
+    p.augment.saturation = 0.0  # color_jitter saturation
+    p.augment.hue = 0.0  # color_jitter hue
+    p.augment.flip_prob = 0.5  # random_flip probability
 
     p.loss = CN()
     p.loss.id_global = 1.0  # L_id(F_g) weight (Eq. 19)
@@ -182,12 +183,12 @@ def add_profd_config(cfg: CN) -> CN:
     p.loss.attention_temperature = 0.01  # targets = softmax over patches of (M_p / T)
     p.loss.alignment = 0.35  # L_align (Eq. 6) weight
     p.loss.alignment_logit_scale = 5.0  # S = scale x cos(patch, prompt) (Eq. 5)
-    p.loss.alignment_label_smooth = 0.1
+    p.loss.alignment_label_smooth = 0.1  # label smoothing of the alignment cross-entropy
     p.loss.diversity = 1.0  # L_div (Eq. 12) weight
     p.loss.diversity_mode = "softmax"  # softmax (official dynamic balancer) | mean (paper Eq. 12)
     p.loss.visibility = 10.0  # L_vis (Eq. 13) weight
-    p.loss.focal_alpha = 0.65
-    p.loss.focal_gamma = 2.0
+    p.loss.focal_alpha = 0.65  # focal loss alpha (Eq. 13)
+    p.loss.focal_gamma = 2.0  # focal loss gamma (Eq. 13)
     p.loss.pcl_global = 1.0  # L_pcl^g (Eq. 16) weight
     p.loss.pcl_parts = 1.0  # L_pcl^p (Eq. 18) weight
     p.loss.pcl_temperature = 0.05  # tau
@@ -215,11 +216,11 @@ def add_profd_config(cfg: CN) -> CN:
 
     p.synthetic = CN()
     p.synthetic.num_ids = 60  # identities in the train split (test ids are disjoint)
-    p.synthetic.num_test_ids = 40
-    p.synthetic.images_per_id = 8
+    p.synthetic.num_test_ids = 40  # identities in query/gallery
+    p.synthetic.images_per_id = 8  # images per identity (test ids: 1-2 of them are queries)
     p.synthetic.height = 256  # generated image size
-    p.synthetic.width = 128
-    p.synthetic.seed = 0
+    p.synthetic.width = 128  # generated image width
+    p.synthetic.seed = 0  # generator seed (same seed + sizes = byte-identical dataset)
     p.synthetic.cache_dir = ""  # '' = generate under data.root
     return cfg
 

@@ -1,0 +1,322 @@
+"""Training engines built on torchreid's ``Engine``.
+
+* :class:`ProFDEngine` trains ProFD: memory-bank initialisation pass, ``forward_backward`` with
+  :class:`~profd_plugin.losses.ProFDCriterion` (the flat loss dict goes to the log and tensorboard), AMP
+  (bf16, or fp16 with a grad scaler; CUDA only), optional gradient clipping, a guard that stops on a
+  non-finite loss naming the step and the term.
+* :class:`SoftmaxEngine` / :class:`TripletEngine`: torchreid's built-in engines with the plugin's
+  evaluation, checkpointing and resume, so built-in baselines run on the same data and protocol.
+
+Every engine here shares :class:`LoopMixin`: per-epoch deterministic seeding (so a resumed run continues
+exactly), atomic checkpoints every ``checkpoint_freq`` epochs and at the end, a checkpoint on Ctrl-C,
+``resume`` (model incl. memory banks, optimizer, scheduler, grad scaler, epoch), DDP (rank 0 logs,
+evaluates and saves).
+"""
+from __future__ import annotations
+
+import datetime
+import glob
+import logging
+import os.path as osp
+import random
+import time
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torchreid.reid.engine import Engine, ImageSoftmaxEngine, ImageTripletEngine
+
+from .evaluation import EvaluationMixin
+from .host import atomic_torch_save, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "model.pth.tar-"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; training stops instead of corrupting the weights."""
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank (identity without DDP). Same shape on every rank required."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, 0)
+
+
+def find_last_checkpoint(save_dir: str) -> Optional[str]:
+    """The most recently written checkpoint under ``save_dir/model/`` (None if there is none)."""
+    files = glob.glob(osp.join(save_dir, "model", CHECKPOINT_PREFIX + "*"))
+    return max(files, key=osp.getmtime) if files else None
+
+
+class LoopMixin(EvaluationMixin):
+    """The training loop and checkpointing shared by every engine of the plugin."""
+
+    seed: int = 0
+    checkpoint_freq: int = 10
+    scaler: Optional[torch.amp.GradScaler] = None
+
+    @property
+    def core_model(self) -> torch.nn.Module:
+        """The model without a (Distributed)DataParallel wrapper."""
+        return getattr(self.model, "module", self.model)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def checkpoint_state(self, epochs_done: int, rank1: float = 0.0) -> dict:
+        return {
+            "state_dict": self.core_model.state_dict(),
+            "epoch": int(epochs_done),
+            "rank1": float(rank1),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "seed": int(self.seed),
+        }
+
+    def save_checkpoint(self, epochs_done: int, save_dir: str, rank1: float = 0.0, suffix: str = "") -> str:
+        """Atomically write ``save_dir/model/model.pth.tar-<epochs_done><suffix>`` (rank 0 only)."""
+        path = osp.join(save_dir, "model", f"{CHECKPOINT_PREFIX}{epochs_done}{suffix}")
+        if is_main_process():
+            atomic_torch_save(self.checkpoint_state(epochs_done, rank1), path)
+            print(f'Checkpoint saved to "{path}"')
+        return path
+
+    def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
+        """torchreid's hook, kept for host code paths that call it."""
+        self.save_checkpoint(epoch + 1, save_dir, rank1)
+
+    def resume(self, path: str) -> int:
+        """Restore model (with memory banks), optimizer, scheduler and scaler; returns the start epoch."""
+        ckpt = load_checkpoint(path)
+        self.core_model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler") is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        print(f'Resumed from "{path}" (epoch {ckpt["epoch"]})')
+        return int(ckpt["epoch"])
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
+        """Seed every RNG from (seed, epoch, rank): the RNG state at an epoch start is reproducible, so a
+        resumed run continues exactly without storing generator states."""
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        seed_everything(self.seed + 1000 * epoch + rank)
+        loader = self.train_loader
+        if getattr(loader, "generator", None) is not None:
+            loader.generator.manual_seed(self.seed + 1000 * epoch + rank)
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+    def before_training(self) -> None:
+        """Hook run once before the first epoch of a fresh (not resumed) run."""
+
+    def run(self, save_dir: str = "log", max_epoch: int = 0, start_epoch: int = 0, print_freq: int = 10,
+            fixbase_epoch: int = 0, open_layers=None, start_eval: int = 0, eval_freq: int = -1,
+            test_only: bool = False, dist_metric: str = "euclidean", normalize_feature: bool = False,
+            visrank: bool = False, visrank_topk: int = 10, use_metric_cuhk03: bool = False,
+            ranks: Sequence[int] = (1, 5, 10, 20), rerank: bool = False) -> Dict[str, Dict[str, float]]:
+        """Train ``start_epoch..max_epoch`` then test; returns ``self.results`` (empty on ranks > 0)."""
+        self.results = {}
+        test_kw = dict(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
+                       visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
+                       ranks=ranks, rerank=rerank)
+        if test_only:
+            if is_main_process():
+                self.test(**test_kw)
+            return self.results
+        if self.writer is None and is_main_process():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=save_dir)
+        self.start_epoch, self.max_epoch = start_epoch, max_epoch
+        time_start, rank1 = time.time(), 0.0
+        print("=> Start training")
+        try:
+            if start_epoch == 0:
+                self.before_training()
+            for self.epoch in range(start_epoch, max_epoch):
+                self.begin_epoch(self.epoch)
+                self.train(print_freq=print_freq, fixbase_epoch=fixbase_epoch, open_layers=open_layers)
+                done = self.epoch + 1
+                if done >= start_eval and eval_freq > 0 and done % eval_freq == 0 and done != max_epoch:
+                    rank1 = self._test_on_main(test_kw)
+                if done % max(self.checkpoint_freq, 1) == 0 or done == max_epoch:
+                    self.save_checkpoint(done, save_dir, rank1)
+        except KeyboardInterrupt:
+            path = self.save_checkpoint(self.epoch, save_dir, rank1, suffix="-interrupted")
+            print(f"Interrupted during epoch {self.epoch + 1}; resume with model.resume {path}")
+            raise
+        if max_epoch > start_epoch or max_epoch == 0:
+            print("=> Final test")
+            self._test_on_main(test_kw)
+        print(f"Elapsed {datetime.timedelta(seconds=round(time.time() - time_start))}")
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        return self.results
+
+    def _test_on_main(self, test_kw: dict) -> float:
+        rank1 = self.test(**test_kw) if is_main_process() else 0.0
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        return rank1
+
+
+class ProFDEngine(LoopMixin, Engine):
+    """torchreid ``Engine`` for ProFD.
+
+    Args:
+        datamanager: a :class:`~profd_plugin.data.datamanager.ProFDDataManager` built with masks.
+        model: the ProFD model (optionally wrapped in ``DistributedDataParallel``).
+        criterion: :class:`~profd_plugin.losses.ProFDCriterion`.
+        optimizer, scheduler: torch optimizer and (per-epoch) scheduler.
+        use_gpu: run on CUDA when available.
+        amp: ``"none"`` | ``"bf16"`` | ``"fp16"`` (CUDA only; ignored on CPU).
+        grad_clip: max gradient norm (0 = off).
+        memory_init: initialise the PCL banks with a pass over the training loader before epoch 1.
+        seed: base seed of the per-epoch seeding.
+        checkpoint_freq: save every N epochs (and at the end).
+    """
+
+    def __init__(self, datamanager, model, criterion, optimizer, scheduler=None, *, use_gpu: bool = True,
+                 amp: str = "none", grad_clip: float = 0.0, memory_init: bool = True, seed: int = 0,
+                 checkpoint_freq: int = 10):
+        super().__init__(datamanager, use_gpu)
+        if amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"profd.train.amp must be none | bf16 | fp16, got '{amp}'")
+        self.model, self.criterion = model, criterion
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.register_model("model", model, optimizer, scheduler)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if self.use_gpu else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.grad_clip, self.memory_init = grad_clip, memory_init
+        self.seed, self.checkpoint_freq = seed, checkpoint_freq
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
+    def parse_data_for_train(self, data):
+        dev = self._device
+        return (data["img"].to(dev, non_blocking=True), data["pid"].to(dev, non_blocking=True),
+                data["masks"].to(dev, non_blocking=True), data["visibility"].to(dev, non_blocking=True))
+
+    @torch.no_grad()
+    def before_training(self) -> None:
+        """Initialise the PCL memory banks (official: one eval-mode pass over the training loader)."""
+        core = self.core_model
+        if not self.memory_init or bool(core.memory_global.initialized):
+            return
+        print("=> Initialising memory banks from the training set")
+        self.begin_epoch(-1)
+        core.eval()
+        g_feats, p_feats, labels = [], [], []
+        for data in self.train_loader:
+            imgs, pids, masks, _ = self.parse_data_for_train(data)
+            with self._autocast():
+                g, p = core.pooled_part_features(imgs, masks)
+            g_feats.append(all_gather_cat(g.float()))
+            p_feats.append(all_gather_cat(p.float()))
+            labels.append(all_gather_cat(pids))
+        labels = torch.cat(labels)
+        core.memory_global.initialize(torch.cat(g_feats), labels, normalize_first=True)
+        core.memory_parts.initialize(torch.cat(p_feats), labels, normalize_first=False)
+        core.train()
+
+    def _check_finite(self, losses: Dict[str, torch.Tensor]) -> None:
+        for name, value in losses.items():
+            if not torch.isfinite(value).all():
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {self.epoch + 1} step {self.batch_idx + 1}: "
+                    f"{name} = {value.item()}; lower train.lr, enable profd.train.grad_clip or check the data")
+
+    def forward_backward(self, data) -> Dict[str, float]:
+        imgs, pids, masks, visibility = self.parse_data_for_train(data)
+        core = self.core_model
+        with self._autocast():
+            outputs = self.model(imgs)
+            losses = self.criterion(outputs, pids, masks, visibility,
+                                    memory_global=core.memory_global, memory_parts=core.memory_parts)
+        self._check_finite(losses)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(core.parameters(), self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self._update_memory(outputs, pids)
+        summary = {k: v.item() for k, v in losses.items()}
+        summary["loss"] = float(total.item())
+        return summary
+
+    @torch.no_grad()
+    def _update_memory(self, outputs, pids: torch.Tensor) -> None:
+        core, labels = self.core_model, all_gather_cat(pids)
+        if self.criterion.uses_memory_global:
+            core.memory_global.update(all_gather_cat(outputs.global_bn.detach().float()), labels)
+        if self.criterion.uses_memory_parts:
+            core.memory_parts.update(all_gather_cat(outputs.concat_bn.detach().float()), labels)
+
+
+class SoftmaxEngine(LoopMixin, ImageSoftmaxEngine):
+    """torchreid's softmax engine with the plugin's evaluation, checkpoints and resume."""
+
+    def __init__(self, *args, seed: int = 0, checkpoint_freq: int = 10, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed, self.checkpoint_freq = seed, checkpoint_freq
+
+
+class TripletEngine(LoopMixin, ImageTripletEngine):
+    """torchreid's triplet engine with the plugin's evaluation, checkpoints and resume."""
+
+    def __init__(self, *args, seed: int = 0, checkpoint_freq: int = 10, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed, self.checkpoint_freq = seed, checkpoint_freq
+
+
+def warmup_multi_step_lambda(milestones: Sequence[int], gamma: float, warmup_epochs: int,
+                             warmup_factor: float):
+    """Official ProFD schedule factor (per epoch): linear warm-up from ``warmup_factor`` over
+    ``warmup_epochs`` epochs, times ``gamma`` at each milestone."""
+    milestones = sorted(int(m) for m in milestones)
+
+    def factor(epoch: int) -> float:
+        warm = 1.0
+        if epoch < warmup_epochs:
+            alpha = epoch / warmup_epochs
+            warm = warmup_factor * (1 - alpha) + alpha
+        return warm * gamma ** sum(1 for m in milestones if m <= epoch)
+
+    return factor
+
+
+__all__ = [
+    "ProFDEngine", "SoftmaxEngine", "TripletEngine", "NonFiniteLossError", "warmup_multi_step_lambda",
+    "find_last_checkpoint", "seed_everything", "is_main_process", "all_gather_cat",
+]

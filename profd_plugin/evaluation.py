@@ -1,0 +1,184 @@
+"""Evaluation shared by every engine of the plugin: feature extraction, distance, ranking, results.
+
+``EvaluationMixin`` overrides torchreid's ``Engine.test`` / ``Engine._evaluate`` so that
+
+* ranking uses the vectorised :func:`profd_plugin.metrics.evaluate_rank` (torchreid's protocol, same
+  numbers, no crash on small galleries);
+* each target's ``rank1, rank5, rank10, mAP`` (fractions) are kept in ``self.results`` for the table
+  and ``results.json``;
+* a model may return either a feature tensor (torchreid built-ins) or
+  :class:`~profd_plugin.modeling.outputs.ProFDEmbeddings` (ProFD), which is compared with the
+  visibility-aware distance (paper Eq. 14, official form by default).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import fields, is_dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .metrics import evaluate_rank, visibility_aware_distance
+
+logger = logging.getLogger(__name__)
+
+REPORTED_RANKS = (1, 5, 10)
+
+
+def _cat_features(chunks: list) -> Any:
+    """Concatenate per-batch features (tensors or dataclasses of tensors) along the batch axis."""
+    first = chunks[0]
+    if torch.is_tensor(first):
+        return torch.cat(chunks, 0)
+    values = {}
+    for f in fields(first):
+        parts = [getattr(c, f.name) for c in chunks]
+        values[f.name] = torch.cat(parts, 0) if parts[0] is not None else None
+    return type(first)(**values)
+
+
+def _to_cpu(feats: Any) -> Any:
+    if torch.is_tensor(feats):
+        return feats.float().cpu()
+    values = {f.name: getattr(feats, f.name) for f in fields(feats)}
+    return type(feats)(**{k: (v.float().cpu() if torch.is_tensor(v) else v) for k, v in values.items()})
+
+
+def _average(a: Any, b: Any) -> Any:
+    """Mean of two feature sets (flip test-time augmentation)."""
+    if torch.is_tensor(a):
+        return (a + b) / 2
+    values = {}
+    for f in fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        values[f.name] = (x + y) / 2 if torch.is_tensor(x) else x
+    return type(a)(**values)
+
+
+class EvaluationMixin:
+    """Mixed into torchreid ``Engine`` subclasses (first in the MRO).
+
+    Attributes read: ``self.model``, ``self.test_loader``, ``self.datamanager``, ``self.use_gpu``,
+    ``self.writer``, ``self.epoch``; and the optional evaluation options set by ``configure_eval``.
+    """
+
+    results: Dict[str, Dict[str, float]]
+
+    def configure_eval(self, *, distance: str = "visibility", metric: str = "euclidean",
+                       chunk_size: int = 500, flip: bool = False, device: str = "auto",
+                       amp_dtype: Optional[torch.dtype] = None) -> None:
+        """ProFD-specific evaluation options (ignored for models that return plain tensors)."""
+        self.eval_distance, self.eval_metric, self.eval_chunk_size = distance, metric, chunk_size
+        self.eval_flip, self.eval_device, self.eval_amp_dtype = flip, device, amp_dtype
+
+    def _eval_opt(self, name: str, default: Any) -> Any:
+        return getattr(self, name, default)
+
+    @property
+    def _device(self) -> torch.device:
+        return torch.device("cuda") if self.use_gpu else torch.device("cpu")
+
+    def test(self, dist_metric: str = "euclidean", normalize_feature: bool = False, visrank: bool = False,
+             visrank_topk: int = 10, save_dir: str = "", use_metric_cuhk03: bool = False,
+             ranks: Sequence[int] = (1, 5, 10, 20), rerank: bool = False) -> float:
+        """Evaluate every target; fills ``self.results`` and returns rank-1 of the last target."""
+        self.set_model_mode("eval")
+        self.results = OrderedDict() if not hasattr(self, "results") else self.results
+        rank1 = 0.0
+        for name in self.test_loader.keys():
+            domain = "source" if name in self.datamanager.sources else "target"
+            print(f"##### Evaluating {name} ({domain}) #####")
+            rank1, mAP = self._evaluate(
+                dataset_name=name, query_loader=self.test_loader[name]["query"],
+                gallery_loader=self.test_loader[name]["gallery"], dist_metric=dist_metric,
+                normalize_feature=normalize_feature, visrank=visrank, visrank_topk=visrank_topk,
+                save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03, ranks=ranks, rerank=rerank,
+            )
+            if self.writer is not None:
+                self.writer.add_scalar(f"Test/{name}/rank1", rank1, self.epoch)
+                self.writer.add_scalar(f"Test/{name}/mAP", mAP, self.epoch)
+        return float(rank1)
+
+    @torch.no_grad()
+    def extract_dataset_features(self, loader) -> Tuple[Any, np.ndarray, np.ndarray]:
+        """Run the model over a test loader; returns (features on CPU, pids, camids)."""
+        feats, pids, camids = [], [], []
+        amp_dtype = self._eval_opt("eval_amp_dtype", None)
+        for data in loader:
+            imgs, pid, camid = self.parse_data_for_eval(data)
+            imgs = imgs.to(self._device, non_blocking=True)
+            with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None and self.use_gpu):
+                out = self.extract_features(imgs)
+                if self._eval_opt("eval_flip", False):
+                    out = _average(out, self.extract_features(torch.flip(imgs, dims=[3])))
+            feats.append(_to_cpu(out))
+            pids.append(np.asarray(pid))
+            camids.append(np.asarray(camid))
+        return _cat_features(feats), np.concatenate(pids), np.concatenate(camids)
+
+    def compute_distance(self, qf: Any, gf: Any, dist_metric: str, normalize_feature: bool) -> torch.Tensor:
+        """Query x gallery distances for tensors (torchreid metric) or ProFD embeddings (Eq. 14)."""
+        from torchreid.reid import metrics as host_metrics
+
+        if torch.is_tensor(qf):
+            if normalize_feature:
+                qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
+            return host_metrics.compute_distance_matrix(qf, gf, dist_metric)
+        device = self._eval_opt("eval_device", "auto")
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        distmat = visibility_aware_distance(
+            qf.global_feat, qf.part_feats, qf.visibility, gf.global_feat, gf.part_feats, gf.visibility,
+            metric=self._eval_opt("eval_metric", "euclidean"), mode=self._eval_opt("eval_distance", "visibility"),
+            chunk_size=self._eval_opt("eval_chunk_size", 500), device=torch.device(device),
+        )
+        return distmat.cpu()
+
+    @torch.no_grad()
+    def _evaluate(self, dataset_name: str = "", query_loader=None, gallery_loader=None,
+                  dist_metric: str = "euclidean", normalize_feature: bool = False, visrank: bool = False,
+                  visrank_topk: int = 10, save_dir: str = "", use_metric_cuhk03: bool = False,
+                  ranks: Sequence[int] = (1, 5, 10, 20), rerank: bool = False) -> Tuple[float, float]:
+        t0 = time.time()
+        qf, q_pids, q_camids = self.extract_dataset_features(query_loader)
+        gf, g_pids, g_camids = self.extract_dataset_features(gallery_loader)
+        t1 = time.time()
+        distmat = self.compute_distance(qf, gf, dist_metric, normalize_feature)
+        if rerank:
+            from torchreid.reid.utils import re_ranking
+
+            distmat_qq = self.compute_distance(qf, qf, dist_metric, normalize_feature)
+            distmat_gg = self.compute_distance(gf, gf, dist_metric, normalize_feature)
+            distmat = torch.from_numpy(re_ranking(distmat.numpy(), distmat_qq.numpy(), distmat_gg.numpy()))
+        distmat = distmat.numpy()
+        t2 = time.time()
+        if use_metric_cuhk03:
+            from torchreid.reid.metrics import evaluate_rank as host_evaluate_rank
+
+            cmc, mAP = host_evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, use_metric_cuhk03=True)
+        else:
+            cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
+        t3 = time.time()
+        row = {f"rank{r}": float(cmc[min(r, len(cmc)) - 1]) for r in REPORTED_RANKS}
+        row["mAP"] = float(mAP)
+        self.results[dataset_name] = row
+        print(f"{dataset_name}: {len(q_pids)} query x {len(g_pids)} gallery | features {t1 - t0:.1f}s, "
+              f"distance {t2 - t1:.1f}s, ranking {t3 - t2:.2f}s")
+        print(f"** Results ** mAP: {mAP:.1%} " + " ".join(
+            f"R{r}: {cmc[min(r, len(cmc)) - 1]:.1%}" for r in ranks))
+        if visrank:
+            from torchreid.reid.utils import visualize_ranked_results
+
+            visualize_ranked_results(
+                distmat, self.datamanager.fetch_test_loaders(dataset_name), self.datamanager.data_type,
+                width=self.datamanager.width, height=self.datamanager.height,
+                save_dir=f"{save_dir}/visrank_{dataset_name}", topk=visrank_topk,
+            )
+        return float(cmc[0]), float(mAP)
+
+
+def is_embeddings(obj: Any) -> bool:
+    return is_dataclass(obj) and not isinstance(obj, type)

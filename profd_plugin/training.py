@@ -1,0 +1,209 @@
+"""The standard torchreid flow, driven by a config: data manager, model, optimizer, scheduler, engine, run.
+
+``tools/main.py`` is a thin command line over :func:`run_from_cfg`. Works for ``model.name=profd``
+(:class:`~profd_plugin.engine.ProFDEngine`) and for any torchreid built-in model (softmax or triplet
+engine per ``loss.name``), on the same data and evaluation protocol.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import os.path as osp
+import sys
+import tempfile
+import time
+from typing import Dict, Optional, TextIO
+
+import torch
+import torch.distributed as dist
+from tabulate import tabulate
+from yacs.config import CfgNode
+
+from .engine import (ProFDEngine, SoftmaxEngine, TripletEngine, find_last_checkpoint, is_main_process,
+                     seed_everything, warmup_multi_step_lambda)
+
+logger = logging.getLogger(__name__)
+
+PROFD = "profd"
+
+
+class Tee:
+    """Copy ``sys.stdout`` into a log file for the duration of a ``with`` block (restores it after)."""
+
+    def __init__(self, path: str):
+        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+        self.path, self.file, self.console = path, None, None
+
+    def __enter__(self) -> "Tee":
+        self.file, self.console = open(self.path, "a"), sys.stdout
+        sys.stdout = self
+        return self
+
+    def write(self, msg: str) -> None:
+        self.console.write(msg)
+        self.file.write(msg)
+
+    def flush(self) -> None:
+        self.console.flush()
+        self.file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __exit__(self, *exc) -> None:
+        sys.stdout = self.console
+        self.file.close()
+
+
+def init_distributed(use_gpu: bool) -> tuple:
+    """Initialise torch.distributed from torchrun's environment; returns (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if use_gpu else "gloo"
+        if use_gpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def build_datamanager(cfg: CfgNode, rank: int = 0, world_size: int = 1):
+    from .data.datamanager import ProFDDataManager
+
+    return ProFDDataManager.from_cfg(cfg, with_masks=cfg.model.name == PROFD, rank=rank, world_size=world_size)
+
+
+def build_model(cfg: CfgNode, num_classes: int, use_gpu: bool) -> torch.nn.Module:
+    """ProFD through :func:`build_profd_model`; anything else through torchreid's ``build_model``."""
+    if cfg.model.name == PROFD:
+        from .modeling import build_profd_model
+
+        return build_profd_model(cfg, num_classes)
+    from torchreid.reid.models import build_model as host_build_model
+
+    return host_build_model(cfg.model.name, num_classes, loss=cfg.loss.name,
+                            pretrained=cfg.model.pretrained, use_gpu=use_gpu)
+
+
+def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the model's own parameter groups (ProFD), or torchreid's ``build_optimizer``."""
+    t = cfg.train
+    betas = (cfg.adam.beta1, cfg.adam.beta2)
+    if hasattr(model, "param_groups"):
+        if t.optim != "adamw":
+            raise ValueError(f"train.optim '{t.optim}': ProFD is trained with adamw (official recipe)")
+        groups = model.param_groups(t.lr, t.weight_decay, backbone_lr_mult=cfg.profd.optim.backbone_lr_mult,
+                                    no_decay_bias_norm=cfg.profd.optim.no_decay_bias_norm)
+        return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, betas=betas)
+    if t.optim == "adamw":
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=betas)
+    from torchreid.reid.optim import build_optimizer as host_build_optimizer
+
+    return host_build_optimizer(
+        model, optim=t.optim, lr=t.lr, weight_decay=t.weight_decay, momentum=cfg.sgd.momentum,
+        sgd_dampening=cfg.sgd.dampening, sgd_nesterov=cfg.sgd.nesterov, rmsprop_alpha=cfg.rmsprop.alpha,
+        adam_beta1=cfg.adam.beta1, adam_beta2=cfg.adam.beta2, staged_lr=t.staged_lr,
+        new_layers=t.new_layers, base_lr_mult=t.base_lr_mult)
+
+
+def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
+    """Per-epoch LR schedule: the official warm-up multi-step, or one of torchreid's."""
+    t = cfg.train
+    if t.lr_scheduler == "warmup_multi_step":
+        factor = warmup_multi_step_lambda(t.stepsize, t.gamma, cfg.profd.train.warmup_epochs,
+                                          cfg.profd.train.warmup_factor)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    from torchreid.reid.optim import build_lr_scheduler
+
+    return build_lr_scheduler(optimizer, lr_scheduler=t.lr_scheduler, stepsize=t.stepsize, gamma=t.gamma,
+                              max_epoch=t.max_epoch)
+
+
+def build_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, use_gpu: bool):
+    common = dict(seed=cfg.train.seed, checkpoint_freq=cfg.profd.train.checkpoint_freq)
+    if cfg.model.name == PROFD:
+        from .losses import build_profd_criterion
+
+        engine = ProFDEngine(datamanager, model, build_profd_criterion(cfg), optimizer, scheduler,
+                             use_gpu=use_gpu, amp=cfg.profd.train.amp, grad_clip=cfg.profd.train.grad_clip,
+                             memory_init=cfg.profd.train.memory_init, **common)
+        t = cfg.profd.test
+        engine.configure_eval(distance=t.distance, metric=t.metric, chunk_size=t.chunk_size, flip=t.flip,
+                              device=t.device, amp_dtype=engine.amp_dtype)
+        return engine
+    if cfg.loss.name == "softmax":
+        return SoftmaxEngine(datamanager, model, optimizer=optimizer, scheduler=scheduler, use_gpu=use_gpu,
+                             label_smooth=cfg.loss.softmax.label_smooth, **common)
+    if cfg.loss.name == "triplet":
+        tr = cfg.loss.triplet
+        return TripletEngine(datamanager, model, optimizer=optimizer, margin=tr.margin, weight_t=tr.weight_t,
+                             weight_x=tr.weight_x, scheduler=scheduler, use_gpu=use_gpu,
+                             label_smooth=cfg.loss.softmax.label_smooth, **common)
+    raise ValueError(f"loss.name must be softmax | triplet, got '{cfg.loss.name}'")
+
+
+def engine_run_kwargs(cfg: CfgNode) -> dict:
+    return dict(
+        save_dir=cfg.data.save_dir, max_epoch=cfg.train.max_epoch, start_epoch=cfg.train.start_epoch,
+        print_freq=cfg.train.print_freq, fixbase_epoch=cfg.train.fixbase_epoch,
+        open_layers=cfg.train.open_layers, start_eval=cfg.test.start_eval, eval_freq=cfg.test.eval_freq,
+        test_only=cfg.test.evaluate, dist_metric=cfg.test.dist_metric,
+        normalize_feature=cfg.test.normalize_feature, visrank=cfg.test.visrank,
+        visrank_topk=cfg.test.visrank_topk, ranks=list(cfg.test.ranks), rerank=cfg.test.rerank,
+    )
+
+
+def format_results(results: Dict[str, Dict[str, float]]) -> str:
+    """A table of R1 / R5 / R10 / mAP in percent, one row per dataset."""
+    rows = [[name, *(100 * r[k] for k in ("rank1", "rank5", "rank10", "mAP"))] for name, r in results.items()]
+    return tabulate(rows, headers=["dataset", "R1", "R5", "R10", "mAP"], floatfmt=".1f", tablefmt="github")
+
+
+def write_results(results: Dict[str, Dict[str, float]], save_dir: str) -> str:
+    """Atomically write ``save_dir/results.json`` (fractions in [0, 1])."""
+    os.makedirs(save_dir, exist_ok=True)
+    path = osp.join(save_dir, "results.json")
+    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=save_dir)
+    with os.fdopen(fd, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def run_from_cfg(cfg: CfgNode, out: Optional[TextIO] = None) -> Dict[str, Dict[str, float]]:
+    """Everything ``tools/main.py`` does after parsing the config; returns the results dict."""
+    use_gpu = torch.cuda.is_available()
+    rank, world = init_distributed(use_gpu)
+    seed_everything(cfg.train.seed)
+    datamanager = build_datamanager(cfg, rank, world)
+    model = build_model(cfg, datamanager.num_train_pids, use_gpu)
+    if cfg.model.load_weights:
+        from torchreid.reid.utils import load_pretrained_weights
+
+        if not osp.isfile(cfg.model.load_weights):
+            raise FileNotFoundError(f"model.load_weights: no such file: {cfg.model.load_weights}")
+        load_pretrained_weights(model, cfg.model.load_weights)
+    device = torch.device("cuda") if use_gpu else torch.device("cpu")
+    model = model.to(device)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index or 0] if use_gpu else None, find_unused_parameters=True)
+    engine = build_engine(cfg, datamanager, model, optimizer, scheduler, use_gpu)
+    kwargs = engine_run_kwargs(cfg)
+    if cfg.model.resume:
+        path = find_last_checkpoint(cfg.data.save_dir) if cfg.model.resume == "auto" else cfg.model.resume
+        if path is None or not osp.isfile(path):
+            raise FileNotFoundError(f"model.resume: no checkpoint found at {path or cfg.data.save_dir}")
+        kwargs["start_epoch"] = engine.resume(path)
+    t0 = time.time()
+    results = engine.run(**kwargs)
+    if is_main_process() and results:
+        print("\n" + format_results(results), file=out or sys.stdout)
+        path = write_results(results, cfg.data.save_dir)
+        print(f"results written to {path} ({time.time() - t0:.0f}s)", file=out or sys.stdout)
+    return results

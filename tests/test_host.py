@@ -1,0 +1,127 @@
+"""Host fixes applied by ``import profd_plugin``: each test shows the failure of the original and the fix."""
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import profd_plugin
+from profd_plugin import host
+
+
+class _DM:  # the least a torchreid Engine needs from a data manager
+    train_loader, test_loader, sources = None, {}, []
+
+
+def _engine(scheduler=True):
+    from torchreid.reid.engine import Engine
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1) if scheduler else None
+    engine = Engine(_DM(), use_gpu=False)
+    engine.model = model
+    engine.register_model("model", model, opt, sched)
+    return engine
+
+
+def test_checkpoints_reload_under_weights_only(tmp_path):
+    engine = _engine()
+    rank1 = np.float32(0.5)  # what Engine.test returns (cmc[0])
+    host.ORIGINALS["save_model"](engine, 0, rank1, str(tmp_path / "orig"))
+    orig_file = tmp_path / "orig" / "model" / "model.pth.tar-1"
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        torch.load(orig_file, weights_only=True)
+
+    engine.save_model(0, rank1, str(tmp_path / "fixed"))  # patched
+    ckpt = torch.load(tmp_path / "fixed" / "model" / "model.pth.tar-1", weights_only=True)
+    assert ckpt["rank1"] == 0.5 and type(ckpt["rank1"]) is float and ckpt["epoch"] == 1
+
+
+def test_load_checkpoint_reads_files_written_by_unpatched_torchreid(tmp_path):
+    from torchreid.reid.utils import load_checkpoint, load_pretrained_weights
+
+    engine = _engine()
+    host.ORIGINALS["save_model"](engine, 0, np.float32(0.25), str(tmp_path))
+    path = str(tmp_path / "model" / "model.pth.tar-1")
+    with pytest.raises(Exception):
+        host.ORIGINALS["load_checkpoint"](path)
+    assert float(load_checkpoint(path)["rank1"]) == 0.25
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    load_pretrained_weights(model, path)  # reaches the patched loader through torchtools' globals
+    assert torch.equal(model[0].weight, engine.model[0].weight)
+
+
+def test_save_model_accepts_scheduler_none(tmp_path):
+    engine = _engine(scheduler=False)
+    with pytest.raises(AttributeError):
+        host.ORIGINALS["save_model"](engine, 0, 0.1, str(tmp_path / "a"))
+    engine.save_model(0, 0.1, str(tmp_path / "b"))
+    assert torch.load(tmp_path / "b" / "model" / "model.pth.tar-1", weights_only=True)["scheduler"] is None
+
+
+def _model_with_frozen_part():
+    model = nn.Module()
+    model.backbone = nn.Linear(4, 4)
+    model.frozen = nn.Linear(4, 4)
+    model.classifier = nn.Linear(4, 2)
+    model.frozen.requires_grad_(False)
+    return model
+
+
+def test_epoch_start_does_not_unfreeze_frozen_parameters():
+    engine = _engine()
+    model = _model_with_frozen_part()
+    host.ORIGINALS["two_stepped_transfer_learning"](engine, 0, 0, None, model=model)
+    assert model.frozen.weight.requires_grad  # the upstream bug
+
+    model = _model_with_frozen_part()
+    engine.two_stepped_transfer_learning(0, 0, None, model=model)
+    assert not model.frozen.weight.requires_grad and model.backbone.weight.requires_grad
+    # fixbase phase: only the open layers train, and the frozen part stays frozen afterwards
+    engine.two_stepped_transfer_learning(0, 1, ["classifier", "frozen"], model=model)
+    assert not model.backbone.weight.requires_grad and not model.frozen.weight.requires_grad
+    assert model.classifier.weight.requires_grad
+    engine.two_stepped_transfer_learning(1, 1, ["classifier"], model=model)
+    assert model.backbone.weight.requires_grad and not model.frozen.weight.requires_grad
+
+
+def test_host_evaluate_rank_is_fast_version_and_handles_tiny_gallery():
+    from torchreid.reid import metrics
+
+    rng = np.random.default_rng(0)
+    q_pids, g_pids = np.array([1, 2]), np.array([1, 1, 2, 3])
+    q_cams, g_cams = np.array([0, 0]), np.array([0, 1, 1, 0])  # query 1 loses one positive, query 2 none
+    dist = rng.random((2, 4)).astype(np.float32)
+    with pytest.raises(ValueError):
+        host.ORIGINALS["evaluate_rank"](dist, q_pids, g_pids, q_cams, g_cams, use_cython=False)
+    cmc, mAP = metrics.evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)
+    assert 0 < mAP <= 1 and cmc[-1] == 1.0
+
+
+def _run(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_cython_warning_silenced_on_import():
+    assert "Cython evaluation" in _run("import torchreid").stderr  # what users see without the plugin
+    assert "Cython evaluation" not in _run("import profd_plugin").stderr
+
+
+def test_registration_is_idempotent():
+    from torchreid.reid import models
+    from torchreid.reid.data import datasets
+
+    importlib.reload(profd_plugin)
+    profd_plugin.registry.register_all()
+    profd_plugin.registry.register_all()
+    assert "profd" in getattr(models, "__model_factory")
+    registered = getattr(datasets, "__image_datasets")
+    for name in ["market1501", "dukemtmcreid", "occluded_duke", "occluded_reid", "p_dukemtmc_reid",
+                 "synthetic_occluded"]:
+        assert name in registered, name
+    assert "import profd_plugin" in open(os.path.join(os.path.dirname(__file__), "..", "tools", "main.py")).read()

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Train and/or evaluate ProFD or a torchreid built-in model from a yacs config.
+
+Usage::
+
+    python tools/main.py --config-file configs/profd_synthetic.yaml [key value ...]
+    python tools/main.py --config-file configs/profd_occ_duke.yaml --eval-only model.load_weights ckpt.pth.tar
+    torchrun --nproc_per_node 2 tools/main.py --config-file configs/profd_occ_duke.yaml
+
+Prints a table of R1 / R5 / R10 / mAP per target dataset and writes ``<data.save_dir>/results.json``.
+"""
+import argparse
+import contextlib
+import logging
+import os.path as osp
+import sys
+import time
+import traceback
+
+import torch
+
+import profd_plugin  # noqa: F401  (registers the plugin's datasets and the model 'profd' with torchreid)
+from profd_plugin.config import ConfigKeyError, setup_cfg
+from profd_plugin.data.datasets import DatasetError
+from profd_plugin.engine import NonFiniteLossError, is_main_process
+from profd_plugin.training import Tee, run_from_cfg
+
+EXIT_CONFIG_ERROR = 2
+EXIT_RUNTIME_ERROR = 1
+# errors whose message is the whole story (bad path or value, missing data or weights): one line, exit != 0
+USER_ERRORS = (ConfigKeyError, FileNotFoundError, NonFiniteLossError, DatasetError, ValueError, KeyError)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="", help="path to a YAML config (see configs/)")
+    parser.add_argument("--eval-only", action="store_true", help="shortcut for test.evaluate True")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="'key value' pairs overriding the config")
+    return parser.parse_args(argv)
+
+
+def setup(args: argparse.Namespace):
+    """Defaults -> add_profd_config -> YAML -> command line -> freeze."""
+    opts = list(args.opts) + (["test.evaluate", "True"] if args.eval_only else [])
+    return setup_cfg(args.config_file or None, opts)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        force=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = setup(args)
+    except (ConfigKeyError, FileNotFoundError) as e:
+        return _fail(e, EXIT_CONFIG_ERROR)
+    log_name = "test.log" if cfg.test.evaluate else "train.log"
+    log_path = osp.join(cfg.data.save_dir, f"{log_name}-{time.strftime('%Y-%m-%d-%H-%M-%S')}")
+    with Tee(log_path) if is_main_process() else contextlib.nullcontext() as tee:
+        _configure_logging()
+        try:
+            print(f"Config:\n{cfg}\n")
+            print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
+            run_from_cfg(cfg)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except USER_ERRORS as e:
+            if tee is not None:  # the log keeps the traceback; the console gets one line
+                tee.file.write(traceback.format_exc())
+            return _fail(e, EXIT_CONFIG_ERROR if isinstance(e, ConfigKeyError) else EXIT_RUNTIME_ERROR)
+    return 0
+
+
+def _fail(e: BaseException, code: int) -> int:
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    print(f"error: {' '.join(msg.split())}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
