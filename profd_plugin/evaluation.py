@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import fields, is_dataclass
+from dataclasses import fields
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -103,6 +103,11 @@ class EvaluationMixin:
                 self.writer.add_scalar(f"Test/{name}/mAP", mAP, self.epoch)
         return float(rank1)
 
+    def extract_features(self, input: torch.Tensor) -> Any:
+        """Eval forward through the bare model: a DDP wrapper would broadcast buffers from rank 0 on
+        every forward, a collective that deadlocks when only rank 0 evaluates."""
+        return getattr(self.model, "module", self.model)(input)
+
     @torch.no_grad()
     def extract_dataset_features(self, loader) -> Tuple[Any, np.ndarray, np.ndarray]:
         """Run the model over a test loader; returns (features on CPU, pids, camids)."""
@@ -178,7 +183,3 @@ class EvaluationMixin:
                 save_dir=f"{save_dir}/visrank_{dataset_name}", topk=visrank_topk,
             )
         return float(cmc[0]), float(mAP)
-
-
-def is_embeddings(obj: Any) -> bool:
-    return is_dataclass(obj) and not isinstance(obj, type)

@@ -145,6 +145,19 @@ def build_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, use_gpu
     raise ValueError(f"loss.name must be softmax | triplet, got '{cfg.loss.name}'")
 
 
+def _may_have_unused_parameters(cfg: CfgNode) -> bool:
+    """DDP must look for unused parameters when a loss term is off or an ablation drops a branch
+    (the search costs a graph traversal per step, so it is off for the full recipe)."""
+    if cfg.model.name != PROFD:
+        return True
+    weights = [v for k, v in cfg.profd.loss.items() if k in LOSS_WEIGHT_KEYS]
+    return min(weights) == 0 or cfg.profd.decoder.attention != "hybrid" or cfg.profd.prompt.learnable_background
+
+
+LOSS_WEIGHT_KEYS = ("id_global", "triplet_global", "id_parts", "triplet_parts", "attention", "alignment",
+                    "diversity", "visibility", "pcl_global", "pcl_parts")
+
+
 def engine_run_kwargs(cfg: CfgNode) -> dict:
     return dict(
         save_dir=cfg.data.save_dir, max_epoch=cfg.train.max_epoch, start_epoch=cfg.train.start_epoch,
@@ -173,8 +186,9 @@ def write_results(results: Dict[str, Dict[str, float]], save_dir: str) -> str:
     return path
 
 
-def run_from_cfg(cfg: CfgNode, out: Optional[TextIO] = None) -> Dict[str, Dict[str, float]]:
-    """Everything ``tools/main.py`` does after parsing the config; returns the results dict."""
+def setup_engine(cfg: CfgNode):
+    """Build data manager, model, optimizer, scheduler and engine (and resume); returns
+    ``(engine, run_kwargs)`` ready for ``engine.run(**run_kwargs)``."""
     use_gpu = torch.cuda.is_available()
     rank, world = init_distributed(use_gpu)
     seed_everything(cfg.train.seed)
@@ -186,13 +200,14 @@ def run_from_cfg(cfg: CfgNode, out: Optional[TextIO] = None) -> Dict[str, Dict[s
         if not osp.isfile(cfg.model.load_weights):
             raise FileNotFoundError(f"model.load_weights: no such file: {cfg.model.load_weights}")
         load_pretrained_weights(model, cfg.model.load_weights)
-    device = torch.device("cuda") if use_gpu else torch.device("cpu")
+    device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
     model = model.to(device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index or 0] if use_gpu else None, find_unused_parameters=True)
+            model, device_ids=[device.index] if use_gpu else None,
+            find_unused_parameters=_may_have_unused_parameters(cfg))
     engine = build_engine(cfg, datamanager, model, optimizer, scheduler, use_gpu)
     kwargs = engine_run_kwargs(cfg)
     if cfg.model.resume:
@@ -200,10 +215,23 @@ def run_from_cfg(cfg: CfgNode, out: Optional[TextIO] = None) -> Dict[str, Dict[s
         if path is None or not osp.isfile(path):
             raise FileNotFoundError(f"model.resume: no checkpoint found at {path or cfg.data.save_dir}")
         kwargs["start_epoch"] = engine.resume(path)
+    return engine, kwargs
+
+
+def run_from_cfg(cfg: CfgNode, out: Optional[TextIO] = None) -> Dict[str, Dict[str, float]]:
+    """Everything ``tools/main.py`` does after parsing the config; returns the results dict
+    (printed as a table and written to ``results.json`` by rank 0)."""
+    engine, kwargs = setup_engine(cfg)
     t0 = time.time()
     results = engine.run(**kwargs)
+    report_results(cfg, results, time.time() - t0, out)
+    return results
+
+
+def report_results(cfg: CfgNode, results: Dict[str, Dict[str, float]], seconds: float,
+                   out: Optional[TextIO] = None) -> None:
+    """Rank 0 prints the table and writes ``results.json``."""
     if is_main_process() and results:
         print("\n" + format_results(results), file=out or sys.stdout)
         path = write_results(results, cfg.data.save_dir)
-        print(f"results written to {path} ({time.time() - t0:.0f}s)", file=out or sys.stdout)
-    return results
+        print(f"results written to {path} ({seconds:.0f}s)", file=out or sys.stdout)

@@ -131,3 +131,16 @@ def synthetic_root(tmp_path_factory) -> str:
 def synthetic_params() -> dict:
     """Generator parameters of the ``synthetic_root`` dataset."""
     return dict(SYNTHETIC_PARAMS)
+
+
+def tiny_run_opts(root: str, save_dir: str, **overrides) -> List[str]:
+    """``key value`` options running ``configs/profd_synthetic.yaml`` on the ``synthetic_root`` dataset:
+    64x32 images (4x2 patches), batches of 2 ids x 4 images, 1 epoch, no workers."""
+    opts = {
+        "data.root": root, "data.save_dir": save_dir, "data.height": 64, "data.width": 32,
+        "data.workers": 0, "train.batch_size": 8, "train.max_epoch": 1, "train.print_freq": 1,
+        "test.ranks": "[1, 5]", "test.batch_size": 16, "profd.augment.pad": 2,
+        **{f"profd.synthetic.{k}": v for k, v in SYNTHETIC_PARAMS.items()},
+    }
+    opts.update(overrides)
+    return [str(x) for kv in opts.items() for x in kv]

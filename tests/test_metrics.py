@@ -113,7 +113,7 @@ def test_evaluate_rank_special_distances(kind):
 def test_evaluate_rank_block_size_does_not_matter(monkeypatch):
     dist, *ids = random_problem(5, 70, 400, 30, 4, absent=4, distractors=20)
     ref = evaluate_rank(dist, *ids)
-    monkeypatch.setattr("profd_plugin.metrics._RANK_CHUNK_BYTES", 1)  # one query row per block
+    monkeypatch.setattr("profd_plugin.metrics.rank._RANK_CHUNK_BYTES", 1)  # one query row per block
     cmc, mAP = evaluate_rank(dist, *ids)
     np.testing.assert_array_equal(cmc, ref[0])
     assert mAP == ref[1]

@@ -37,7 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config-file", default="", help="path to a YAML config (see configs/)")
     parser.add_argument("--eval-only", action="store_true", help="shortcut for test.evaluate True")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="'key value' pairs overriding the config")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if "--eval-only" in args.opts:  # REMAINDER swallows flags written after the first option
+        args.opts.remove("--eval-only")
+        args.eval_only = True
+    return args
 
 
 def setup(args: argparse.Namespace):

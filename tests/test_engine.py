@@ -1,0 +1,108 @@
+"""ProFDEngine: schedule, exact resume, kill -9 recovery, NaN guard, frozen parts, DDP (gloo, 2 processes)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import tiny_run_opts
+from profd_plugin.config import setup_cfg
+from profd_plugin.engine import NonFiniteLossError, warmup_multi_step_lambda
+from profd_plugin.training import run_from_cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "profd_synthetic.yaml")
+MAIN = os.path.join(ROOT, "tools", "main.py")
+
+
+def _cfg(root, save_dir, **overrides):
+    return setup_cfg(CONFIG, tiny_run_opts(root, save_dir, **overrides))
+
+
+def _state(save_dir, epoch):
+    return torch.load(os.path.join(save_dir, "model", f"model.pth.tar-{epoch}"), weights_only=True)
+
+
+def test_official_schedule_warmup_and_steps():
+    f = warmup_multi_step_lambda([30, 50], 0.1, warmup_epochs=10, warmup_factor=0.1)
+    assert f(0) == pytest.approx(0.1) and f(5) == pytest.approx(0.55) and f(10) == 1.0
+    assert f(29) == 1.0 and f(30) == pytest.approx(0.1) and f(50) == pytest.approx(0.01)
+
+
+def test_resume_continues_exactly(synthetic_root, tmp_path):
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    run_from_cfg(_cfg(synthetic_root, straight, **{"train.max_epoch": 2, "profd.train.checkpoint_freq": 1}))
+    run_from_cfg(_cfg(synthetic_root, split, **{"train.max_epoch": 1}))
+    run_from_cfg(_cfg(synthetic_root, split, **{"train.max_epoch": 2, "model.resume": "auto"}))
+    a, b = _state(straight, 2), _state(split, 2)
+    assert a["epoch"] == b["epoch"] == 2
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 2
+    # and the first epoch really changed the weights (the comparison is not vacuous)
+    first = _state(straight, 1)["state_dict"]["backbone.visual.conv1.weight"]
+    assert not torch.equal(first, a["state_dict"]["backbone.visual.conv1.weight"])
+
+
+def test_kill_9_then_resume_from_last_checkpoint(synthetic_root, tmp_path):
+    save = str(tmp_path / "killed")
+    opts = tiny_run_opts(synthetic_root, save, **{"train.max_epoch": 40, "profd.train.checkpoint_freq": 1})
+    proc = subprocess.Popen([sys.executable, MAIN, "--config-file", CONFIG, *opts],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = os.path.join(save, "model", "model.pth.tar-1")
+    deadline = time.time() + 240
+    while not os.path.exists(first) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(first), "no checkpoint before the kill"
+    names = os.listdir(os.path.join(save, "model"))
+    assert all(n.startswith("model.pth.tar-") for n in names), names  # no half-written files left
+    done = max(int(n.split("-")[-1]) for n in names)
+    r = subprocess.run([sys.executable, MAIN, "--config-file", CONFIG,
+                        *tiny_run_opts(synthetic_root, save, **{"train.max_epoch": done + 1, "model.resume": "auto"})],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"epoch {done})" in r.stdout and _state(save, done + 1)["epoch"] == done + 1
+    assert os.path.exists(os.path.join(save, "results.json"))
+
+
+def test_non_finite_loss_stops_naming_step_and_term(synthetic_root, tmp_path, monkeypatch):
+    from profd_plugin.losses import criterion as criterion_mod
+
+    original = criterion_mod.ProFDCriterion.forward
+
+    def poisoned(self, *args, **kwargs):
+        losses = original(self, *args, **kwargs)
+        losses["loss_visibility"] = losses["loss_visibility"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(criterion_mod.ProFDCriterion, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1 step 1: loss_visibility = nan"):
+        run_from_cfg(_cfg(synthetic_root, str(tmp_path / "nan")))
+
+
+def test_frozen_text_encoder_stays_frozen_through_training(synthetic_root, tmp_path):
+    save = str(tmp_path / "frozen")
+    run_from_cfg(_cfg(synthetic_root, save, **{"profd.prompt.train_text_encoder": False,
+                                               "train.max_epoch": 2, "profd.train.checkpoint_freq": 1}))
+    a, b = _state(save, 1)["state_dict"], _state(save, 2)["state_dict"]
+    text = [k for k in a if k.startswith("prompt_learner.text_encoder.")]
+    assert text and all(torch.equal(a[k], b[k]) for k in text)
+    assert not torch.equal(a["prompt_learner.ctx"], b["prompt_learner.ctx"])  # prompts still learn
+
+
+def test_ddp_two_processes_gloo(synthetic_root, tmp_path):
+    save = str(tmp_path / "ddp")
+    worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           worker, "--config-file", CONFIG,
+           *tiny_run_opts(synthetic_root, save, **{"train.batch_size": 16, "train.max_epoch": 2})]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "banks in sync" in r.stdout and "rank 1 wrote nothing" in r.stdout
+    assert os.path.exists(os.path.join(save, "results.json"))
+    assert _state(save, 2)["epoch"] == 2
