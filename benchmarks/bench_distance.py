@@ -25,19 +25,11 @@ import time
 import torch
 
 from profd_plugin.metrics import visibility_aware_distance
+from _proc import status_kib  # noqa: E402
 
 TIME_TARGET = 1.5  # ours / cdist
 MEMORY_TARGET_MIB = 2048  # peak extra memory of ours
 NUM_PARTS, DIM, VISIBLE_FRACTION = 5, 512, 0.7
-
-
-def _status_kib(field: str) -> int:
-    """A VmXXX field of /proc/self/status in KiB (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 def _make_inputs(num_q: int, num_g: int, device: torch.device, seed: int):
@@ -73,7 +65,7 @@ def worker(args) -> None:
     else:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM
-        base = _status_kib("VmRSS") * 1024
+        base = status_kib("VmRSS") * 1024
     times, cpu_times = [], []
     for _ in range(args.repeats):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -82,7 +74,7 @@ def worker(args) -> None:
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
         del out
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status_kib("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else status_kib("VmHWM") * 1024
     print(json.dumps({"times": times, "cpu_times": cpu_times, "peak_extra_mib": (peak - base) / 2**20}))
 
 

@@ -23,17 +23,9 @@ warnings.filterwarnings("ignore", message="Cython evaluation")
 from torchreid.reid.metrics.rank import evaluate_py as torchreid_evaluate_py  # noqa: E402
 
 from profd_plugin.metrics import evaluate_rank  # noqa: E402
+from _proc import status_kib  # noqa: E402
 
 SPEED_TARGET = 20.0  # ours must be at least this many times faster
-
-
-def _status_kib(field: str) -> int:
-    """A VmXXX field of /proc/self/status in KiB (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 def measure(fn, *args):
@@ -43,11 +35,11 @@ def measure(fn, *args):
             f.write("5")
     except OSError:
         pass
-    rss0 = _status_kib("VmRSS")
+    rss0 = status_kib("VmRSS")
     start = time.perf_counter()
     result = fn(*args)
     seconds = time.perf_counter() - start
-    return result, seconds, (_status_kib("VmHWM") - rss0) / 1024
+    return result, seconds, (status_kib("VmHWM") - rss0) / 1024
 
 
 def make_problem(num_q: int, num_g: int, num_ids: int, num_cams: int, seed: int):

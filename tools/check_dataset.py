@@ -21,11 +21,9 @@ import os.path as osp
 import sys
 from typing import List, Optional, Tuple
 
+import profd_plugin  # noqa: F401  (first: silences torchreid's import warning, registers the datasets)
 from torchreid.reid.data.datasets import init_image_dataset
-
-import profd_plugin  # noqa: F401  (registers the datasets with torchreid)
 from profd_plugin.config import ConfigKeyError, setup_cfg
-from profd_plugin.data.builtin import register_datasets
 from profd_plugin.data.datamanager import dataset_kwargs_from_cfg
 from profd_plugin.data.datasets import DatasetError
 from profd_plugin.data.masks import load_part_masks
@@ -65,7 +63,6 @@ def unusable_masks(ds, grouping: str, quick: bool) -> List[Tuple[str, str, str]]
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    register_datasets()
     try:
         cfg = setup_cfg(args.config_file or None, args.opts)
         masks_dir, grouping = args.masks_dir or cfg.profd.masks.dir, args.grouping or cfg.profd.masks.grouping

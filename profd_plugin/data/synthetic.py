@@ -38,7 +38,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump whenever the output changes, so ensure_synthetic_occluded regenerates
+FORMAT_VERSION = 3  # bump whenever the output changes, so ensure_synthetic_occluded regenerates
 DATASET_FOLDER = "synthetic_occluded"
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 MASK_DIR = os.path.join("masks", "pifpaf_maskrcnn_filtering")

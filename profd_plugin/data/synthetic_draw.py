@@ -333,7 +333,7 @@ def _confidence_fields(rng: np.random.Generator, kp: np.ndarray, g: dict, body: 
                        occ: np.ndarray, stride: int) -> np.ndarray:
     """PifPaf-style fields ``(36, H/stride, W/stride)`` float32 in [0, 1]: 17 keypoint blobs, 19 limb bands.
 
-    Detector noise: keypoints jittered by 1.2% of the body height, per-field confidence 0.55-0.95, 6% of the
+    Detector noise: keypoints jittered by 1.2% of the body height, per-field confidence 0.65-1.0, 6% of the
     fields dropped, face keypoints mostly missing from behind. Keypoints outside the image or under the
     occluder are not detected. The fields are multiplied by the visible silhouette (the Mask R-CNN
     filtering), so they are zero on background and on every cell that the occluder covers at least half of.
@@ -345,18 +345,19 @@ def _confidence_fields(rng: np.random.Generator, kp: np.ndarray, g: dict, body: 
     xi, yi = np.round(kp).astype(int).T
     seen = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
     seen &= ~occ[np.clip(yi, 0, H - 1), np.clip(xi, 0, W - 1)]
-    conf = rng.uniform(0.55, 0.95, 17) * seen * (rng.random(17) > 0.06)
+    conf = rng.uniform(0.65, 1.0, 17) * seen * (rng.random(17) > 0.06)
     if g["view"] == "back":  # nose and eyes: detectors rarely fire on them from behind
         conf[:3] *= 0.3 * (rng.random(3) < 0.3)
     p = kp + rng.normal(0, 0.012 * g["hp"], kp.shape)  # (17, 2)
     q = np.stack(np.meshgrid((np.arange(w) + 0.5) * s, (np.arange(h) + 0.5) * s), -1)  # (h, w, 2) centres
-    sigma_k, sigma_l = 0.04 * g["hp"], 0.03 * g["hp"]  # blob and band widths
+    # blob and band widths; PifPaf's fields live on a stride-8 grid, so they never get thinner than ~a cell
+    sigma_k, sigma_l = max(0.04 * g["hp"], 0.8 * s), max(0.03 * g["hp"], 0.75 * s)
     keypoints = conf[:, None, None] * np.exp(-((q - p[:, None, None]) ** 2).sum(-1) / (2 * sigma_k ** 2))
     a = p[_LIMB_ENDS[:, 0]][:, None, None]  # (19, 1, 1, 2) limb start
     ab = (p[_LIMB_ENDS[:, 1]] - p[_LIMB_ENDS[:, 0]])[:, None, None]  # (19, 1, 1, 2) limb vector
     u = ((q - a) * ab).sum(-1, keepdims=True) / np.maximum((ab ** 2).sum(-1, keepdims=True), 1e-6)
     u = np.clip(u, 0, 1)  # (19, h, w, 1) position of the nearest point on the limb
-    limb_conf = rng.uniform(0.55, 0.95, 19) * seen[_LIMB_ENDS].any(1) * (rng.random(19) > 0.06)
+    limb_conf = rng.uniform(0.65, 1.0, 19) * seen[_LIMB_ENDS].any(1) * (rng.random(19) > 0.06)
     limbs = limb_conf[:, None, None] * np.exp(-((q - a - u * ab) ** 2).sum(-1) / (2 * sigma_l ** 2))
     fields = np.concatenate([keypoints, limbs]) * support * rng.uniform(0.85, 1.0, (NUM_PIFPAF_FIELDS, h, w))
     return np.clip(fields, 0, 1).astype(np.float32)
