@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torchreid.reid.engine import Engine, ImageSoftmaxEngine, ImageTripletEngine
 
 from .evaluation import EvaluationMixin
-from .host import atomic_torch_save, load_checkpoint
+from .host import atomic_torch_save, load_checkpoint, remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ class LoopMixin(EvaluationMixin):
             if is_main_process():
                 self.test(**test_kw)
             return self.results
+        if is_main_process() and remove_stale_temp_files(osp.join(save_dir, "model")):
+            print("removed partial checkpoint files left by an interrupted run")
         if self.writer is None and is_main_process():
             from torch.utils.tensorboard import SummaryWriter
 

@@ -38,11 +38,17 @@ ORIGINALS: Dict[str, Callable] = {}
 _TRAINABLE_ATTR = "_profd_trainable_snapshot"
 
 
+TMP_PREFIX = ".tmp-"
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never half-written)."""
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never half-written).
+
+    A process killed mid-write leaves only a ``.tmp-*`` file, which :func:`remove_stale_temp_files` clears.
+    """
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pth", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -53,6 +59,16 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_stale_temp_files(folder: str) -> int:
+    """Delete ``.tmp-*`` files left in ``folder`` by a killed :func:`atomic_torch_save`; returns the count."""
+    if not osp.isdir(folder):
+        return 0
+    stale = [n for n in os.listdir(folder) if n.startswith(TMP_PREFIX)]
+    for name in stale:
+        os.remove(osp.join(folder, name))
+    return len(stale)
 
 
 def _numpy_safe_globals() -> list:

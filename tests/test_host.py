@@ -125,3 +125,22 @@ def test_registration_is_idempotent():
                  "synthetic_occluded"]:
         assert name in registered, name
     assert "import profd_plugin" in open(os.path.join(os.path.dirname(__file__), "..", "tools", "main.py")).read()
+
+
+def test_atomic_save_never_leaves_a_half_written_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "model" / "model.pth.tar-1"
+    host.atomic_torch_save({"epoch": 1}, str(path))
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        host.atomic_torch_save({"epoch": 2}, str(path))
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}  # the previous file is intact
+    assert os.listdir(tmp_path / "model") == ["model.pth.tar-1"]  # and no temporary file is left
+    (tmp_path / "model" / ".tmp-killed.pth").write_bytes(b"partial")  # what a SIGKILL leaves
+    assert host.remove_stale_temp_files(str(tmp_path / "model")) == 1
+    assert os.listdir(tmp_path / "model") == ["model.pth.tar-1"]

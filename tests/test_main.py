@@ -84,3 +84,25 @@ def test_missing_weights_file_is_one_line_error(synthetic_root, tmp_path, capsys
         "model.load_weights": str(tmp_path / "missing.pth.tar"), "test.evaluate": True}))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "missing.pth.tar" in err[0]
+
+
+def test_occluded_reid_protocol_reports_every_target(tmp_path, capsys, market_like, pid_folders):
+    """Train on Market-1501, test on Market-1501 and Occluded-ReID: one table row and one JSON entry each."""
+    root = tmp_path / "data"
+    market_like(str(root / "Market-1501-v15.09.15"))
+    pid_folders(str(root / "Occluded_REID" / "occluded_body_images"), [1, 2, 3], 2, ".tif")
+    pid_folders(str(root / "Occluded_REID" / "whole_body_images"), [1, 2, 3], 2, ".tif")
+    save = str(tmp_path / "log")
+    opts = tiny_run_opts(str(root), save, **{"profd.clip.name": "tiny", "profd.clip.pretrained": "none"})
+    code = MAIN.main(["--config-file", os.path.join(ROOT, "configs", "profd_occ_reid.yaml"), *opts])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| market1501" in out and "| occluded_reid" in out
+    assert set(json.load(open(os.path.join(save, "results.json")))) == {"market1501", "occluded_reid"}
+
+
+def test_rerank_and_flip_evaluation(synthetic_root, tmp_path, capsys):
+    save = str(tmp_path / "rerank")
+    assert run_main(*tiny_run_opts(synthetic_root, save, **{"test.rerank": True, "profd.test.flip": True}),
+                    "--eval-only") == 0
+    _check_results(save, capsys)
