@@ -23,9 +23,9 @@ import sys
 import time
 
 import torch
+from _proc import status_kib  # noqa: E402
 
 from profd_plugin.metrics import visibility_aware_distance
-from _proc import status_kib  # noqa: E402
 
 TIME_TARGET = 1.5  # ours / cdist
 MEMORY_TARGET_MIB = 2048  # peak extra memory of ours
@@ -145,6 +145,7 @@ def report(results: dict) -> None:
     print(f"  target <= {TIME_TARGET}: {'PASS' if ratio <= TIME_TARGET else 'MISS'}")
     print(f"peak extra memory of ours: {ours['mem']:.0f} MiB  (target < {MEMORY_TARGET_MIB} MiB): "
           f"{'PASS' if ours['mem'] < MEMORY_TARGET_MIB else 'MISS'}")
+
 
 if __name__ == "__main__":
     main()

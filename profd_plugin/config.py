@@ -147,7 +147,7 @@ def add_profd_config(cfg: CN) -> CN:
     p.decoder.attention = "hybrid"  # hybrid (SEA + SPA) | sea | spa | none (mask-weighted average pooling)
 
     p.visibility = CN()
-    p.visibility.test_mode = "softmax"  # softmax (official 'dai': softmax over parts of sigmoid/T) | sigmoid (paper)
+    p.visibility.test_mode = "softmax"  # softmax (official "dai": softmax over parts of sigmoid/T) | sigmoid
     p.visibility.temperature = 0.1  # T of the test-time softmax
     p.visibility.threshold = 0.1  # visibility below this is set to 0 at test time
 
@@ -197,7 +197,7 @@ def add_profd_config(cfg: CN) -> CN:
 
     p.optim = CN()
     p.optim.backbone_lr_mult = 0.1  # CLIP visual encoder lr = train.lr x this (official staged lr)
-    p.optim.no_decay_bias_norm = True  # no weight decay on biases, norms, prompt context (official: decay all)
+    p.optim.no_decay_bias_norm = True  # no weight decay on biases, norms, prompt context (official: all)
 
     p.train = CN()
     p.train.warmup_epochs = 10  # linear warm-up length of warmup_multi_step

@@ -214,7 +214,8 @@ class ProFDEngine(LoopMixin, Engine):
         self.seed, self.checkpoint_freq = seed, checkpoint_freq
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+        enabled = self.amp_dtype is not None
+        return torch.autocast("cuda", dtype=self.amp_dtype or torch.float32, enabled=enabled)
 
     def parse_data_for_train(self, data):
         dev = self._device
@@ -248,7 +249,8 @@ class ProFDEngine(LoopMixin, Engine):
             if not torch.isfinite(value).all():
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {self.epoch + 1} step {self.batch_idx + 1}: "
-                    f"{name} = {value.item()}; lower train.lr, enable profd.train.grad_clip or check the data")
+                    f"{name} = {value.item()}; lower train.lr, enable profd.train.grad_clip or check the data"
+                )
 
     def forward_backward(self, data) -> Dict[str, float]:
         imgs, pids, masks, visibility = self.parse_data_for_train(data)

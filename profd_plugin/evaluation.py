@@ -137,7 +137,8 @@ class EvaluationMixin:
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         distmat = visibility_aware_distance(
             qf.global_feat, qf.part_feats, qf.visibility, gf.global_feat, gf.part_feats, gf.visibility,
-            metric=self._eval_opt("eval_metric", "euclidean"), mode=self._eval_opt("eval_distance", "visibility"),
+            metric=self._eval_opt("eval_metric", "euclidean"),
+            mode=self._eval_opt("eval_distance", "visibility"),
             chunk_size=self._eval_opt("eval_chunk_size", 500), device=torch.device(device),
         )
         return distmat.cpu()

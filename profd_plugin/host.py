@@ -165,7 +165,7 @@ def apply_host_fixes() -> None:
     )
     engine_mod.Engine.save_model = save_model
     engine_mod.Engine.two_stepped_transfer_learning = two_stepped_transfer_learning
-    torchtools.load_checkpoint = load_checkpoint  # reaches load_pretrained_weights / resume / FeatureExtractor
+    torchtools.load_checkpoint = load_checkpoint  # used by load_pretrained_weights, resume, FeatureExtractor
     utils.load_checkpoint = load_checkpoint  # the re-exported name
     rank_mod.evaluate_rank = evaluate_rank_host_compatible
     metrics.evaluate_rank = evaluate_rank_host_compatible  # the name Engine._evaluate calls

@@ -20,8 +20,15 @@ import torch.distributed as dist
 from tabulate import tabulate
 from yacs.config import CfgNode
 
-from .engine import (ProFDEngine, SoftmaxEngine, TripletEngine, find_last_checkpoint, is_main_process,
-                     seed_everything, warmup_multi_step_lambda)
+from .engine import (
+    ProFDEngine,
+    SoftmaxEngine,
+    TripletEngine,
+    find_last_checkpoint,
+    is_main_process,
+    seed_everything,
+    warmup_multi_step_lambda,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +79,8 @@ def init_distributed(use_gpu: bool) -> tuple:
 def build_datamanager(cfg: CfgNode, rank: int = 0, world_size: int = 1):
     from .data.datamanager import ProFDDataManager
 
-    return ProFDDataManager.from_cfg(cfg, with_masks=cfg.model.name == PROFD, rank=rank, world_size=world_size)
+    with_masks = cfg.model.name == PROFD  # built-in baselines read no mask files
+    return ProFDDataManager.from_cfg(cfg, with_masks=with_masks, rank=rank, world_size=world_size)
 
 
 def build_model(cfg: CfgNode, num_classes: int, use_gpu: bool) -> torch.nn.Module:
@@ -151,7 +159,8 @@ def _may_have_unused_parameters(cfg: CfgNode) -> bool:
     if cfg.model.name != PROFD:
         return True
     weights = [v for k, v in cfg.profd.loss.items() if k in LOSS_WEIGHT_KEYS]
-    return min(weights) == 0 or cfg.profd.decoder.attention != "hybrid" or cfg.profd.prompt.learnable_background
+    ablation = cfg.profd.decoder.attention != "hybrid" or cfg.profd.prompt.learnable_background
+    return min(weights) == 0 or ablation
 
 
 LOSS_WEIGHT_KEYS = ("id_global", "triplet_global", "id_parts", "triplet_parts", "attention", "alignment",

@@ -1,7 +1,6 @@
 """Run by ``tests/test_engine.py`` under ``torch.distributed.run``: trains through ``run_from_cfg`` on 2
 ranks, then checks that the memory banks and weights agree across ranks and only rank 0 wrote results."""
 import argparse
-import os
 
 import torch
 import torch.distributed as dist

@@ -7,8 +7,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import tiny_run_opts
+
 from profd_plugin.config import setup_cfg
 from profd_plugin.engine import NonFiniteLossError, warmup_multi_step_lambda
 from profd_plugin.training import run_from_cfg
@@ -63,8 +63,8 @@ def test_kill_9_then_resume_from_last_checkpoint(synthetic_root, tmp_path):
     for name in names:  # a kill during a save leaves at most a .tmp file, never a broken checkpoint
         torch.load(os.path.join(save, "model", name), weights_only=True)
     done = max(int(n.split("-")[-1]) for n in names)
-    r = subprocess.run([sys.executable, MAIN, "--config-file", CONFIG,
-                        *tiny_run_opts(synthetic_root, save, **{"train.max_epoch": done + 1, "model.resume": "auto"})],
+    resume = tiny_run_opts(synthetic_root, save, **{"train.max_epoch": done + 1, "model.resume": "auto"})
+    r = subprocess.run([sys.executable, MAIN, "--config-file", CONFIG, *resume],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"epoch {done})" in r.stdout and _state(save, done + 1)["epoch"] == done + 1
@@ -103,7 +103,8 @@ def test_ddp_two_processes_gloo(synthetic_root, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            worker, "--config-file", CONFIG,
            *tiny_run_opts(synthetic_root, save, **{"train.batch_size": 16, "train.max_epoch": 2})]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "banks in sync" in r.stdout and "rank 1 wrote nothing" in r.stdout
     assert os.path.exists(os.path.join(save, "results.json"))

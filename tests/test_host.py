@@ -124,7 +124,8 @@ def test_registration_is_idempotent():
     for name in ["market1501", "dukemtmcreid", "occluded_duke", "occluded_reid", "p_dukemtmc_reid",
                  "synthetic_occluded"]:
         assert name in registered, name
-    assert "import profd_plugin" in open(os.path.join(os.path.dirname(__file__), "..", "tools", "main.py")).read()
+    main_py = os.path.join(os.path.dirname(__file__), "..", "tools", "main.py")
+    assert "import profd_plugin" in open(main_py).read()
 
 
 def test_atomic_save_never_leaves_a_half_written_checkpoint(tmp_path, monkeypatch):

@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-
 from conftest import tiny_run_opts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +38,8 @@ def _check_results(save_dir, capsys):
 def test_builtin_model_trains_evaluates_and_checkpoint_reloads(synthetic_root, tmp_path, capsys):
     save = str(tmp_path / "osnet")
     code = run_main(*tiny_run_opts(synthetic_root, save, **{
-        "model.name": "osnet_x0_25", "model.pretrained": False, "loss.name": "softmax", "train.optim": "adam"}))
+        "model.name": "osnet_x0_25", "model.pretrained": False, "loss.name": "softmax",
+        "train.optim": "adam"}))
     assert code == 0
     _check_results(save, capsys)
     ckpt_path = os.path.join(save, "model", "model.pth.tar-1")
@@ -68,7 +68,8 @@ def test_profd_trains_one_epoch_and_evaluates(synthetic_root, tmp_path, capsys):
 @pytest.mark.parametrize("distance", ["global", "parts"])
 def test_eval_only_with_distance_modes(synthetic_root, tmp_path, capsys, distance):
     save = str(tmp_path / distance)
-    assert run_main(*tiny_run_opts(synthetic_root, save, **{"profd.test.distance": distance}), "--eval-only") == 0
+    opts = tiny_run_opts(synthetic_root, save, **{"profd.test.distance": distance})
+    assert run_main(*opts, "--eval-only") == 0
     _check_results(save, capsys)
 
 

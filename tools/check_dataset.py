@@ -21,8 +21,7 @@ import os.path as osp
 import sys
 from typing import List, Optional, Tuple
 
-import profd_plugin  # noqa: F401  (first: silences torchreid's import warning, registers the datasets)
-from torchreid.reid.data.datasets import init_image_dataset
+import profd_plugin  # noqa: F401  (silences torchreid's import warning, registers the datasets)
 from profd_plugin.config import ConfigKeyError, setup_cfg
 from profd_plugin.data.datamanager import dataset_kwargs_from_cfg
 from profd_plugin.data.datasets import DatasetError
@@ -62,6 +61,8 @@ def unusable_masks(ds, grouping: str, quick: bool) -> List[Tuple[str, str, str]]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from torchreid.reid.data.datasets import init_image_dataset  # after profd_plugin: no import warning
+
     args = parse_args(argv)
     try:
         cfg = setup_cfg(args.config_file or None, args.opts)

@@ -25,11 +25,21 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image
 
-from .synthetic_draw import (
-    _background, _camera, _camera_effects, _colourise, _confidence_fields, _draw_person, _occlude, _pose,
-    _random_lower, _random_outfit, _random_upper,
+from .synthetic_draw import (  # noqa: F401  (re-exported: the occlusion spec)
+    COVERAGE_RANGE,
+    OCCLUDER_KINDS,
+    _background,
+    _camera,
+    _camera_effects,
+    _colourise,
+    _confidence_fields,
+    _draw_person,
+    _occlude,
+    _pose,
+    _random_lower,
+    _random_outfit,
+    _random_upper,
 )
-from .synthetic_draw import COVERAGE_RANGE, OCCLUDER_KINDS  # noqa: F401  (re-exported: the occlusion spec)
 
 __all__ = [
     "generate_synthetic_occluded", "ensure_synthetic_occluded", "build_plan", "render_job", "ImageJob",
