@@ -210,7 +210,7 @@ def add_profd_config(cfg: CN) -> CN:
     p.test = CN()
     p.test.distance = "visibility"  # visibility (Eq. 14) | global | parts
     p.test.metric = "euclidean"  # euclidean (official: between unit vectors) | cosine (paper Eq. 14)
-    p.test.chunk_size = 500  # gallery chunk for the pairwise distance
+    p.test.chunk_size = 512  # gallery chunk for the pairwise distance
     p.test.flip = False  # flip test-time augmentation (average of image and mirrored image features)
     p.test.device = "auto"  # where distances and ranking run: auto | cpu | cuda
 

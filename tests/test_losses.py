@@ -1,4 +1,5 @@
 """Loss terms, patch targets and the criterion on synthetic tensors (invariants, no model)."""
+import dataclasses
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from profd_plugin.losses import functional as LF
 from profd_plugin.modeling.memory import PrototypeMemory
 from profd_plugin.modeling.outputs import ProFDOutput
 from profd_plugin.modeling.targets import (
+    PatchLabeler,
     alignment_labels,
     attention_targets,
     patch_labels,
@@ -42,6 +44,9 @@ def test_patch_labels_match_official_avgpool_and_fallback():
     coarse = _masks(size=(32, 16))  # mask scale 8: kernel 2, stride 1.5 -> adaptive pooling
     got = patch_labels(coarse, **geometry)
     assert got.shape == (N, K + 1, 21, 10)
+    labeler = PatchLabeler(**geometry)
+    assert torch.equal(labeler(masks), patch_labels(masks, **geometry))
+    assert torch.equal(labeler(coarse), got)
 
 
 def test_attention_targets_layout():
@@ -155,6 +160,49 @@ def test_memory_init_and_hard_update():
     assert set(memory.state_dict()) == {"prototypes", "initialized"}
 
 
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_memory_hard_update_ties_take_the_lowest_index(order):
+    memory = PrototypeMemory(1, 2, temperature=0.05, momentum=0.5)
+    memory.prototypes[0] = torch.tensor([1.0, 0.0])
+    tied = torch.tensor([[0.0, 1.0], [0.0, -1.0]])[list(order)]  # both at cosine 0 to the prototype
+    memory.update(tied, torch.tensor([0, 0]))
+    assert torch.allclose(memory.prototypes[0], F.normalize(torch.tensor([0.5, 0.0]) + 0.5 * tied[0], dim=0))
+
+
+def _loop_update(prototypes, features, labels, momentum, mode):
+    """The straightforward per-identity loop (official CM_Hard / the batch mean): the reference."""
+    protos = prototypes.clone()
+    feats = F.normalize(features, dim=1)
+    for label in torch.unique(labels).tolist():
+        members = feats[labels == label]  # (n, D)
+        if mode == "hard":
+            target = members[(members @ protos[label]).argmin()]  # first index among equal minima
+        else:
+            target = members.mean(dim=0)
+        protos[label] = F.normalize(momentum * protos[label] + (1 - momentum) * target, dim=0)
+    return protos
+
+
+@pytest.mark.parametrize("mode", ["hard", "mean"])
+def test_memory_update_matches_loop_reference(mode):
+    torch.manual_seed(0)
+    classes, dim = 7, 6
+    labels = torch.tensor([0, 2, 2, 5, 0, 0, 3, 5, 2, 3, 0, 5, 5, 2])  # 1, 4 and 6 absent
+    features = 3 * torch.randn(labels.numel(), dim)
+    features[9] = features[6]  # exact tie inside identity 3
+    features[12] = 2 * features[3]  # same direction: tie after normalisation (identity 5)
+    memory = PrototypeMemory(classes, dim, temperature=0.05, momentum=0.2, update=mode)
+    before = memory.prototypes.clone()
+    for step in range(3):  # repeated updates stay equal to the loop
+        expected = _loop_update(memory.prototypes, features + step, labels, 0.2, mode)
+        memory.update(features + step, labels)
+        torch.testing.assert_close(memory.prototypes, expected, rtol=0, atol=1e-6)
+    absent = torch.tensor([1, 4, 6])
+    assert torch.equal(memory.prototypes[absent], before[absent])
+    assert not torch.allclose(memory.prototypes[labels], before[labels])
+    assert torch.allclose(memory.prototypes.norm(dim=1), torch.ones(classes))
+
+
 def test_memory_mean_update():
     memory = PrototypeMemory(1, 2, temperature=0.05, momentum=0.5, update="mean")
     memory.prototypes[0] = torch.tensor([1.0, 0.0])
@@ -172,8 +220,10 @@ def _outputs(spa=True, has_foreground=True):
         global_feat=g, global_bn=g * 2, global_logits=torch.randn(N, C), part_feats=parts,
         concat_bn=parts.flatten(1) * 2, concat_logits=torch.randn(N, C), visibility_logits=torch.randn(N, K),
         spa_attention=torch.softmax(torch.randn(N, q, 128), -1) if spa else None,
-        alignment_scores=torch.randn(N, K + 1, *GRID), grid_size=GRID, image_size=(256, 128), patch_size=16,
-        stride=16, has_foreground=has_foreground)
+        alignment_scores=torch.randn(N, K + 1, *GRID),
+        patch_labeler=PatchLabeler(grid_size=GRID, image_size=(256, 128), patch_size=16, stride=16,
+                                   label_scale=64.0),
+        has_foreground=has_foreground)
 
 
 def _targets():
@@ -194,9 +244,18 @@ def test_criterion_keys_weights_and_omission(monkeypatch):
         raise AssertionError("a zero-weight term was computed")
 
     monkeypatch.setattr(LF, "diversity_loss", boom)
-    monkeypatch.setattr(LF, "prototype_contrastive_loss", boom)
-    partial = ProFDCriterion(diversity=0.0, pcl_global=0.0, pcl_parts=0.0)(out, pids, masks, vis)
+    # PrototypeMemory.forward looks the PCL term up in modeling.memory (imported by name): patch it there.
+    monkeypatch.setattr("profd_plugin.modeling.memory.prototype_contrastive_loss", boom)
+    with pytest.raises(AssertionError, match="zero-weight"):  # the patches are live: active terms call them
+        ProFDCriterion(pcl_global=0.0, pcl_parts=0.0)(out, pids, masks, vis)
+    with pytest.raises(AssertionError, match="zero-weight"):
+        ProFDCriterion(diversity=0.0, pcl_parts=0.0)(out, pids, masks, vis, mem_g, mem_p)
+    with pytest.raises(AssertionError, match="zero-weight"):
+        ProFDCriterion(diversity=0.0, pcl_global=0.0)(out, pids, masks, vis, mem_g, mem_p)
+    zeroed = ProFDCriterion(diversity=0.0, pcl_global=0.0, pcl_parts=0.0)
+    partial = zeroed(out, pids, masks, vis, mem_g, mem_p)
     assert "loss_diversity" not in partial and "loss_pcl_global" not in partial
+    assert "loss_pcl_parts" not in partial
 
 
 def test_criterion_errors_and_no_foreground():
@@ -207,6 +266,24 @@ def test_criterion_errors_and_no_foreground():
         ProFDCriterion()(_outputs(), pids, masks, vis)
     losses = ProFDCriterion(pcl_global=0, pcl_parts=0)(_outputs(has_foreground=False), pids, masks, vis)
     assert math.isfinite(losses["loss_attention"].item())
+
+
+def test_criterion_patch_labels_come_from_the_output():
+    out, (pids, masks, vis) = _outputs(), _targets()
+    criterion = ProFDCriterion(pcl_global=0, pcl_parts=0)
+    with pytest.raises(TypeError):
+        ProFDCriterion(patch_label_scale=64.0)  # the model owns M_p's scale, not the criterion
+    soft = dataclasses.replace(out, patch_labeler=dataclasses.replace(out.patch_labeler, label_scale=1.0))
+    sharp_losses, soft_losses = criterion(out, pids, masks, vis), criterion(soft, pids, masks, vis)
+    for output, losses in ((out, sharp_losses), (soft, soft_losses)):
+        labels = output.patch_labeler(masks)  # (N, K+1, h, w)
+        targets = attention_targets(labels, has_foreground=True, temperature=0.01)
+        ref_attention = LF.spatial_attention_loss(output.spa_attention, targets)
+        ref_alignment = 0.35 * LF.alignment_loss(output.alignment_scores,
+                                                 alignment_labels(labels, tuple(masks.shape[-2:])), 0.1)
+        assert torch.allclose(losses["loss_attention"], ref_attention)
+        assert torch.allclose(losses["loss_alignment"], ref_alignment)
+    assert not torch.allclose(sharp_losses["loss_attention"], soft_losses["loss_attention"])
 
 
 def test_build_criterion_from_cfg_disables_attention_without_spa():

@@ -15,8 +15,9 @@ from profd_plugin.modeling import (
     profd_torchreid_factory,
 )
 from profd_plugin.modeling.clip_backbone import TINY_CLIP_CONFIG
-from profd_plugin.modeling.decoder import HybridAttentionLayer
+from profd_plugin.modeling.decoder import HybridAttentionDecoder, HybridAttentionLayer
 from profd_plugin.modeling.heads import visibility_scores
+from profd_plugin.modeling.targets import PatchLabeler, weighted_average_pooling
 
 N, C = 8, 4
 PARTS = part_names("five_v")
@@ -62,7 +63,11 @@ def test_train_output_shapes():
     assert out.visibility_logits.shape == (N, K)
     assert out.spa_attention.shape == (N, K + 2, 8 * 4)
     assert out.alignment_scores.shape == (N, K + 1, 8, 4)
-    assert out.grid_size == (8, 4) and out.patch_size == 16 and out.stride == 16
+    labeler = out.patch_labeler
+    assert labeler.grid_size == (8, 4) and labeler.patch_size == 16 and labeler.stride == 16
+    expected = PatchLabeler(grid_size=(8, 4), image_size=(128, 64), patch_size=16, stride=16,
+                            label_scale=64.0)
+    assert labeler == model.patch_labeler == expected
     assert all(torch.isfinite(v) for v in losses.values())
 
 
@@ -179,10 +184,19 @@ def test_stride12_full_resolution():
 
 
 def test_pooled_part_features_for_memory_init():
-    model = make_model().train()
+    model = make_model(patch_label_scale=8.0).train()
     images, masks, pids, _ = batch()
+    labeler = model(images, masks).patch_labeler  # what the criterion gets (this updates BN statistics)
+    assert labeler.label_scale == 8.0
     global_bn, concat_bn = model.pooled_part_features(images, masks)
     assert global_bn.shape == (N, D) and concat_bn.shape == (N, K * D) and model.training
+    # The init pass pools with the same M_p the criterion gets through the train output.
+    model.eval()
+    with torch.no_grad():
+        _, patches = model.backbone(images)  # (N, L, D)
+        ref = model.bnneck_concat(weighted_average_pooling(patches, labeler(masks)[:, 1:]).flatten(1))
+    model.train()
+    assert torch.allclose(concat_bn, ref, atol=1e-5)
     model.memory_parts.initialize(concat_bn, pids, normalize_first=False)
     assert bool(model.memory_parts.initialized)
 
@@ -232,18 +246,43 @@ def test_torchreid_factory_adapter():
     assert model(images).shape == (N, C)
 
 
+def official_layer(layer: HybridAttentionLayer, q: torch.Tensor, mem: torch.Tensor):
+    """Steps 1-7 of one decoder layer written out by hand (official section 1.4), eval mode (no dropout)."""
+    keys = layer.reverse_norm(mem + layer.reverse_attn(mem, q, q)[0])  # E'_pat from the original q
+    sea = layer.sea_attn(q, mem, mem)[0]
+    spa, attn = layer.spa_attn(layer.spa_proj(q), mem, mem)
+    x = layer.hybrid_norm(q + sea + spa)
+    x = x + layer.cross_attn(x, keys, keys)[0]
+    return layer.out_norm(x + layer.ffn(layer.ffn_norm(x))), attn, keys
+
+
 def test_decoder_layer_follows_official_order():
     torch.manual_seed(0)
     layer = HybridAttentionLayer(16, 2, dropout=0.1, ffn_ratio=4).eval()
     q, mem = torch.randn(2, 4, 16), torch.randn(2, 10, 16)
     with torch.no_grad():
-        keys = layer.reverse_norm(mem + layer.reverse_attn(mem, q, q)[0])  # E'_pat from the original q
-        sea = layer.sea_attn(q, mem, mem)[0]
-        spa, attn = layer.spa_attn(layer.spa_proj(q), mem, mem)
-        x = layer.hybrid_norm(q + sea + spa)
-        x = x + layer.cross_attn(x, keys, keys)[0]
-        x = layer.out_norm(x + layer.ffn(layer.ffn_norm(x)))
+        x, attn, _ = official_layer(layer, q, mem)
         out, got_attn = layer(q, mem)
     assert torch.allclose(out, x, atol=1e-6) and torch.allclose(got_attn, attn)
     layer.train()  # nn.MultiheadAttention returns the weights after dropout in train mode (official too)
     assert (layer(q, mem)[1] == 0).any()
+
+
+def test_decoder_layers_all_read_the_same_projected_memory():
+    torch.manual_seed(0)
+    decoder = HybridAttentionDecoder(16, num_layers=2, num_heads=2, dropout=0.1, ffn_ratio=4).eval()
+    with torch.no_grad():  # unit-gain weights: with the 0.02-std init every branch barely moves the tokens
+        for weight in (p for p in decoder.parameters() if p.dim() == 2):
+            torch.nn.init.normal_(weight, std=16 ** -0.5)
+    prompts, patches = torch.randn(5, 16), torch.randn(3, 10, 16)  # (Q, D) shared prompts, (N, L, D)
+    with torch.no_grad():
+        mem = decoder.memory_proj(patches)  # projected once, never updated (official section 1.4)
+        x = decoder.query_proj(prompts).expand(3, -1, -1)  # (N, Q, D)
+        x, attn1, keys1 = official_layer(decoder.layers[0], x, mem)
+        x2, attn2, _ = official_layer(decoder.layers[1], x, mem)
+        tokens, spa = decoder(prompts, patches)
+        expected = decoder.out_proj(x2)  # (N, Q, D)
+        chained, _, _ = official_layer(decoder.layers[1], x, keys1)  # a decoder that updated the memory
+        assert torch.allclose(tokens, expected, atol=1e-5)
+        assert torch.allclose(spa, (attn1 + attn2) / 2, atol=1e-6)  # SPA map averaged over the layers
+        assert not torch.allclose(decoder.out_proj(chained), tokens, atol=1e-2)  # the check tells them apart

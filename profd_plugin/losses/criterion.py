@@ -4,7 +4,9 @@ Official total (Cuixxx/ProFD ``part_based_engine.py:111-221``):
 L = CE_ls(global) + Tri(global) + CE_ls(concat) + Tri(concat) + L_attn + 0.35 L_align + PCL_g + PCL_p
     + L_div + 10 L_vis.
 Every weight and temperature is a constructor argument (``cfg.profd.loss.*``); a term whose weight is 0
-is not computed and not returned.
+is not computed and not returned. The patch labels M_p (Eq. 6) are not the criterion's: it calls the
+model's ``outputs.patch_labeler`` (geometry and ``profd.masks.patch_label_scale``), so they always match
+the model's own pooling.
 
 Shape shorthand:
     N: batch size
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from ..modeling.targets import alignment_labels, attention_targets, patch_labels
+from ..modeling.targets import alignment_labels, attention_targets
 from . import functional as LF
 
 if TYPE_CHECKING:  # type hints only: modeling.memory imports losses.functional
@@ -49,7 +51,6 @@ class ProFDCriterion(nn.Module):
         label_smooth: ID label smoothing (0.1). triplet_margin: batch-hard margin (0.3).
         attention_temperature: L_attn target temperature (0.01). alignment_label_smooth: (0.1).
         diversity_mode: ``softmax`` (official) | ``mean`` (paper). focal_alpha, focal_gamma: (0.65, 2).
-        patch_label_scale: M_p sharpening (``profd.masks.patch_label_scale``, 64).
     """
 
     def __init__(self, *, id_global: float = 1.0, triplet_global: float = 1.0, id_parts: float = 1.0,
@@ -57,8 +58,8 @@ class ProFDCriterion(nn.Module):
                  diversity: float = 1.0, visibility: float = 10.0, pcl_global: float = 1.0,
                  pcl_parts: float = 1.0, label_smooth: float = 0.1, triplet_margin: float = 0.3,
                  attention_temperature: float = 0.01, alignment_label_smooth: float = 0.1,
-                 diversity_mode: str = "softmax", focal_alpha: float = 0.65, focal_gamma: float = 2.0,
-                 patch_label_scale: float = 64.0) -> None:
+                 diversity_mode: str = "softmax", focal_alpha: float = 0.65,
+                 focal_gamma: float = 2.0) -> None:
         super().__init__()
         if diversity_mode not in LF.DIVERSITY_MODES:
             raise ValueError(f"diversity mode '{diversity_mode}' not in {LF.DIVERSITY_MODES}")
@@ -72,7 +73,6 @@ class ProFDCriterion(nn.Module):
         self.attention_temperature = attention_temperature
         self.alignment_label_smooth = alignment_label_smooth
         self.diversity_mode, self.focal_alpha, self.focal_gamma = diversity_mode, focal_alpha, focal_gamma
-        self.patch_label_scale = patch_label_scale
 
     def active(self, key: str) -> bool:
         """Whether the term ``key`` has a non-zero weight."""
@@ -89,13 +89,11 @@ class ProFDCriterion(nn.Module):
         return self.active("loss_pcl_parts")
 
     def _mask_terms(self, out: ProFDOutput, masks: Tensor) -> Dict[str, Tensor]:
-        """L_attn and L_align, which need the patch labels."""
+        """L_attn and L_align, which need the patch labels (the model's M_p, via ``out.patch_labeler``)."""
         terms: Dict[str, Tensor] = {}
         if not (self.active("loss_attention") or self.active("loss_alignment")):
             return terms
-        labels = patch_labels(masks, grid_size=out.grid_size, image_size=out.image_size,
-                              patch_size=out.patch_size, stride=out.stride,
-                              label_scale=self.patch_label_scale)  # (N, K+1, h, w)
+        labels = out.patch_labeler(masks)  # (N, K+1, h, w)
         if self.active("loss_attention"):
             if out.spa_attention is None:
                 raise ValueError("loss_attention needs the SPA map; set profd.loss.attention 0 for "
@@ -180,7 +178,7 @@ _SPA_MODES = ("hybrid", "spa")
 
 
 def build_profd_criterion(cfg: CfgNode) -> ProFDCriterion:
-    """Build :class:`ProFDCriterion` from ``cfg.profd.loss`` (+ ``profd.masks.patch_label_scale``).
+    """Build :class:`ProFDCriterion` from ``cfg.profd.loss`` (and ``profd.decoder.attention``).
 
     L_attn is switched off (weight 0) when ``profd.decoder.attention`` has no SPA branch (sea | none).
     """
@@ -196,5 +194,4 @@ def build_profd_criterion(cfg: CfgNode) -> ProFDCriterion:
         pcl_parts=loss.pcl_parts,
         label_smooth=loss.label_smooth, triplet_margin=loss.triplet_margin,
         attention_temperature=loss.attention_temperature, alignment_label_smooth=loss.alignment_label_smooth,
-        diversity_mode=loss.diversity_mode, focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma,
-        patch_label_scale=cfg.profd.masks.patch_label_scale)
+        diversity_mode=loss.diversity_mode, focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma)

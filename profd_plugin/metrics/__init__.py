@@ -9,16 +9,9 @@
 
 Data flows features -> distance -> ranking; timings are in ``docs/PERFORMANCE.md``.
 """
-# Names the single-file module had, kept importable: the distance's accepted metrics and modes, and the
-# internals that tests/test_metrics.py checks directly (patch constants in .rank, where they are read).
+# The distance's accepted metrics and modes stay importable from the package (the single-file module had
+# them); the ranking internals are tested from .rank, where they live.
 from .distance import DIST_METRICS, DIST_MODES, visibility_aware_distance  # noqa: F401
-from .rank import (  # noqa: F401
-    _POS,
-    _gallery_codes,
-    _ranks_by_counting,
-    _ranks_by_sorting,
-    evaluate_rank,
-    evaluate_rank_host_compatible,
-)
+from .rank import evaluate_rank, evaluate_rank_host_compatible
 
 __all__ = ["visibility_aware_distance", "evaluate_rank", "evaluate_rank_host_compatible"]

@@ -1,7 +1,9 @@
 """Model builders: where ``cfg.profd.*`` becomes the model's constructor keyword arguments.
 
 (The criterion's cfg mapping is ``losses.criterion.build_profd_criterion``, kept next to its class so
-that ``modeling`` never imports ``losses`` at module level.)
+that ``modeling`` never imports ``losses`` at module level. ``profd.masks.patch_label_scale`` is read
+here only: the model owns the patch labels M_p and hands them to the criterion through
+``ProFDOutput.patch_labeler``.)
 
 - :func:`build_profd_model` (the rich path used by ``tools/main.py``),
 - :func:`profd_torchreid_factory`, a torchreid model factory (``model.name=profd`` inside torchreid's own

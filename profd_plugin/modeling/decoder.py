@@ -133,11 +133,6 @@ class HybridAttentionDecoder(nn.Module):
         self.out_proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
         self.apply(_init_weights)
 
-    @property
-    def has_spa(self) -> bool:
-        """Whether the decoder produces an SPA map."""
-        return self.attention != "sea"
-
     def forward(self, prompts: Tensor, patches: Tensor) -> DecoderOutput:
         """Decode part tokens.
 

@@ -93,17 +93,44 @@ class PrototypeMemory(nn.Module):
     def update(self, features: Tensor, labels: Tensor) -> None:
         """Momentum update of the prototypes of the identities in the batch (Eq. 15 / 17).
 
+        For each identity y in ``labels``: K[y] <- normalize(m K[y] + (1 - m) z), with z its hardest
+        sample (``hard``: lowest cosine to K[y], the lowest batch index among equal minima) or its mean
+        (``mean``) of the L2-normalised features. All identities are updated at once (no Python loop).
+
         Args:
             features: (N, D) features (detached or not; gathered across ranks by the caller under DDP).
             labels: (N,) identities.
         """
         feats = F.normalize(features.detach().float(), dim=1).to(self.prototypes.device)  # (N, D)
         labels = labels.long().to(feats.device)
-        for label in torch.unique(labels).tolist():
-            members = feats[labels == label]  # (n, D)
-            if self.update_mode == "hard":
-                target = members[(members @ self.prototypes[label]).argmin()]  # lowest cosine = hardest
-            else:
-                target = members.mean(dim=0)
-            proto = self.momentum * self.prototypes[label] + (1.0 - self.momentum) * target
-            self.prototypes[label] = F.normalize(proto, dim=0)
+        present = torch.unique(labels)  # (C',) sorted identities of the batch
+        if self.update_mode == "hard":
+            hardest = _hardest_per_label(feats, self.prototypes[labels], labels, self.num_classes)  # (C,)
+            targets = feats[hardest[present]]  # (C', D)
+        else:
+            sums = torch.zeros(self.num_classes, self.dim, device=feats.device).index_add_(0, labels, feats)
+            counts = torch.bincount(labels, minlength=self.num_classes)  # (C,)
+            targets = sums[present] / counts[present, None]  # (C', D)
+        protos = self.momentum * self.prototypes[present] + (1.0 - self.momentum) * targets  # (C', D)
+        self.prototypes[present] = F.normalize(protos, dim=1)
+
+
+def _hardest_per_label(feats: Tensor, own: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Index of each identity's lowest-cosine sample (official ``CM_Hard``), lowest index on ties.
+
+    Args:
+        feats: (N, D) unit features.
+        own: (N, D) the prototype of each sample's identity.
+        labels: (N,) identities.
+        num_classes: C.
+
+    Returns:
+        (C,) sample index per identity; N for identities absent from ``labels``.
+    """
+    cos = (feats * own).sum(dim=1)  # (N,) cosine of each sample to its own prototype
+    lowest = cos.new_full((num_classes,), torch.inf).scatter_reduce_(0, labels, cos, "amin")  # (C,)
+    num = labels.numel()
+    index = torch.arange(num, device=labels.device)  # (N,)
+    # Samples at their identity's minimum keep their index, the others get N; the per-id min is the pick.
+    index = torch.where(cos == lowest[labels], index, num)
+    return index.new_full((num_classes,), num).scatter_reduce_(0, labels, index, "amin")  # (C,)

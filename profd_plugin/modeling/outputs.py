@@ -11,9 +11,11 @@ Shape shorthand:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 from torch import Tensor
+
+from .targets import PatchLabeler
 
 __all__ = ["ProFDOutput", "ProFDEmbeddings"]
 
@@ -35,10 +37,9 @@ class ProFDOutput:
             ``None`` when the decoder has no SPA branch (``attention`` = sea | none).
         alignment_scores: (N, K+1, h, w) spatial alignment scores S = scale * cos (Eq. 5), channel 0
             = background.
-        grid_size: (h, w) patch grid.
-        image_size: (H, W) input image size.
-        patch_size: patch-embedding kernel P.
-        stride: patch-embedding stride s.
+        patch_labeler: the model's patch geometry and M_p scale; ``patch_labeler(masks)`` gives the
+            (N, K+1, h, w) patch labels the criterion's L_attn / L_align targets are built from (the
+            same M_p as the model's own pooling).
         has_foreground: whether the queries include a foreground prompt (Q = K + 2) or not (Q = K + 1).
     """
 
@@ -51,10 +52,7 @@ class ProFDOutput:
     visibility_logits: Tensor
     spa_attention: Optional[Tensor]
     alignment_scores: Tensor
-    grid_size: Tuple[int, int]
-    image_size: Tuple[int, int]
-    patch_size: int
-    stride: int
+    patch_labeler: PatchLabeler
     has_foreground: bool
 
 

@@ -37,7 +37,7 @@ from .heads import (
 from .memory import PrototypeMemory
 from .outputs import ProFDEmbeddings, ProFDOutput
 from .prompts import ClipTextEncoder, PartPromptLearner
-from .targets import patch_labels, weighted_average_pooling
+from .targets import PatchLabeler, weighted_average_pooling
 
 __all__ = ["ProFD", "ATTENTION_MODES"]
 
@@ -71,7 +71,8 @@ class ProFD(nn.Module):
             average pooling of the patch features with the patch labels of ``masks`` when given, else
             with the softmax of the alignment scores).
         alignment_logit_scale: S = scale * cos (Eq. 5, official 5).
-        patch_label_scale: M_p = softmax(scale * AvgPool(masks)) (official 64).
+        patch_label_scale: M_p = softmax(scale * AvgPool(masks)) (official 64); the model owns it (see
+            :attr:`patch_labeler`), the criterion reads it from the output.
         visibility_mode, visibility_temperature, visibility_threshold: test-time visibility
             (see :func:`~profd_plugin.modeling.heads.visibility_scores`).
         pcl_temperature, pcl_momentum, pcl_update: memory banks (see :class:`PrototypeMemory`).
@@ -132,13 +133,18 @@ class ProFD(nn.Module):
         """Whether the prompt set has a foreground prompt."""
         return self.prompt_learner.has_foreground
 
-    # ------------------------------------------------------------------ forward
-    def _patch_labels(self, masks: Tensor) -> Tensor:
-        """(N, K+1, Hm, Wm) masks -> (N, K+1, h, w) patch labels M_p."""
+    @property
+    def patch_labeler(self) -> PatchLabeler:
+        """Masks -> patch labels M_p with this backbone's geometry and ``patch_label_scale`` (Eq. 6).
+
+        The single source of M_p: the model's own pooling uses it and ``ProFDOutput`` carries it to
+        the criterion.
+        """
         bb = self.backbone
-        return patch_labels(masks, grid_size=bb.grid_size, image_size=bb.image_size, patch_size=bb.patch_size,
+        return PatchLabeler(grid_size=bb.grid_size, image_size=bb.image_size, patch_size=bb.patch_size,
                             stride=bb.stride, label_scale=self.patch_label_scale)
 
+    # ------------------------------------------------------------------ forward
     def _features(self, images: Tensor, masks: Optional[Tensor], need_alignment: bool) -> _Features:
         cls, patches = self.backbone(images)  # (N, D), (N, L, D)
         prompts = self.prompt_learner()  # (Q, D)
@@ -150,7 +156,7 @@ class ProFD(nn.Module):
             tokens, spa = self.decoder(prompts, patches)  # (N, Q, D), (N, Q, L)
             return _Features(cls, tokens[:, -self.num_parts:], spa, scores)
         # (N, K+1, h, w) pooling weights: patch labels of the masks, else the predicted alignment maps
-        weights = self._patch_labels(masks) if masks is not None else torch.softmax(scores, dim=1)
+        weights = self.patch_labeler(masks) if masks is not None else torch.softmax(scores, dim=1)
         return _Features(cls, weighted_average_pooling(patches, weights[:, 1:]), None, scores)
 
     def forward(self, images: Tensor, masks: Optional[Tensor] = None,
@@ -179,13 +185,12 @@ class ProFD(nn.Module):
         self.part_bn(feats.part_feats.detach())  # running statistics only (test-time per-part BN)
         concat_bn = self.bnneck_concat(feats.part_feats.flatten(1))  # (N, K*D)
         global_logits, concat_logits = self.classifier(global_bn, concat_bn)  # (N, C) each
-        bb = self.backbone
         return ProFDOutput(
             global_feat=feats.cls, global_bn=global_bn, global_logits=global_logits,
             part_feats=feats.part_feats, concat_bn=concat_bn, concat_logits=concat_logits,
             visibility_logits=vis_logits, spa_attention=feats.spa_attention,
-            alignment_scores=feats.alignment_scores, grid_size=bb.grid_size, image_size=bb.image_size,
-            patch_size=bb.patch_size, stride=bb.stride, has_foreground=self.has_foreground)
+            alignment_scores=feats.alignment_scores, patch_labeler=self.patch_labeler,
+            has_foreground=self.has_foreground)
 
     @torch.no_grad()
     def pooled_part_features(self, images: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
@@ -206,7 +211,7 @@ class ProFD(nn.Module):
         self.eval()
         try:
             cls, patches = self.backbone(images)  # (N, D), (N, L, D)
-            parts = weighted_average_pooling(patches, self._patch_labels(masks)[:, 1:])  # (N, K, D)
+            parts = weighted_average_pooling(patches, self.patch_labeler(masks)[:, 1:])  # (N, K, D)
             return self.bnneck_global(cls), self.bnneck_concat(parts.flatten(1))
         finally:
             self.train(was_training)

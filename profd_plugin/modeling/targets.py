@@ -14,13 +14,15 @@ Shape shorthand:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["patch_labels", "alignment_labels", "attention_targets", "weighted_average_pooling"]
+__all__ = ["patch_labels", "PatchLabeler", "alignment_labels", "attention_targets",
+           "weighted_average_pooling"]
 
 #: Denominator guard of the weighted average pooling (official ``profd.py:117``).
 WAP_EPS = 1e-6
@@ -62,6 +64,34 @@ def patch_labels(masks: Tensor, *, grid_size: Tuple[int, int], image_size: Tuple
     """
     pooled = _pool_to_grid(masks.float(), grid_size, image_size, patch_size, stride)  # (N, K+1, h, w)
     return torch.softmax(label_scale * pooled, dim=1)
+
+
+@dataclass(frozen=True)
+class PatchLabeler:
+    """Everything :func:`patch_labels` needs besides the masks: the backbone geometry and M_p's scale.
+
+    The model owns it (``ProFD.patch_labeler``) and puts it into ``ProFDOutput.patch_labeler``, so the
+    memory-init pooling, the ``none``-mode pooling and the criterion's L_attn / L_align targets all
+    compute M_p with one function and the same inputs.
+
+    Attributes:
+        grid_size: (h, w) patch grid of the backbone.
+        image_size: (H, W) input image size.
+        patch_size: patch-embedding kernel P.
+        stride: patch-embedding stride s.
+        label_scale: sharpening factor (``profd.masks.patch_label_scale``, official 64).
+    """
+
+    grid_size: Tuple[int, int]
+    image_size: Tuple[int, int]
+    patch_size: int
+    stride: int
+    label_scale: float
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        """(N, K+1, Hm, Wm) soft masks -> (N, K+1, h, w) patch labels M_p (see :func:`patch_labels`)."""
+        return patch_labels(masks, grid_size=self.grid_size, image_size=self.image_size,
+                            patch_size=self.patch_size, stride=self.stride, label_scale=self.label_scale)
 
 
 def alignment_labels(labels: Tensor, size: Tuple[int, int]) -> Tensor:
