@@ -2,15 +2,20 @@
 
 import logging
 import os
+import os.path as osp
 import random
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchreid.reid.data.sampler import RandomIdentitySampler
 
 from profd_plugin.config import get_default_config
-from profd_plugin.data.datamanager import ProFDDataManager
+from profd_plugin.data import datamanager as datamanager_module
+from profd_plugin.data import synthetic
+from profd_plugin.data.datamanager import ProFDDataManager, dataset_kwargs_from_cfg, read_image
 from profd_plugin.data.datasets import DatasetError
 from profd_plugin.data.masks import MaskParams
 from profd_plugin.data.sampler import ShardedIdentitySampler
@@ -44,6 +49,9 @@ def test_train_batch_dict(tmp_path, market):
 
 
 def test_test_loaders_have_no_masks(tmp_path, market):
+    masks = tmp_path / "Market-1501-v15.09.15" / "masks" / "pifpaf_maskrcnn_filtering"
+    shutil.rmtree(masks / "query")
+    shutil.rmtree(masks / "bounding_box_test")
     dm = manager(tmp_path)
     batch = next(iter(dm.test_loader["market1501"]["gallery"]))
     assert set(batch) == {"img", "pid", "camid", "dsetid", "impath"}
@@ -76,12 +84,17 @@ def test_bad_files_named_from_getitem(tmp_path, market):
     dataset = dm.train_loader.dataset
     img, mask = dataset.items[0][0], dataset.mask_paths[0]
     np.save(mask, np.zeros((4, 2)))
-    with pytest.raises(DatasetError, match="malformed mask .*3 dims"):
-        dataset[0]
-    os.remove(mask)
-    with pytest.raises(DatasetError) as info:
+    with pytest.raises(DatasetError, match="malformed mask .*3 dims") as info:
         dataset[0]
     assert img in str(info.value) and mask in str(info.value)
+    os.remove(mask)
+    with pytest.raises(DatasetError, match="missing mask") as info:
+        dataset[0]
+    assert img in str(info.value) and mask in str(info.value)
+    os.mkdir(mask)  # a folder where the file should be: unreadable
+    with pytest.raises(DatasetError, match="malformed mask .*cannot read") as info:
+        dataset[0]
+    assert img in str(info.value) and mask in str(info.value) and "\n" not in str(info.value)
     with open(dataset.items[1][0], "wb") as f:
         f.write(b"broken")
     with pytest.raises(DatasetError, match="cannot read image .*bounding_box_train"):
@@ -166,15 +179,23 @@ def test_from_cfg_and_distributed_batch(tmp_path, market):
 
 
 def test_worker_seeding_deterministic(tmp_path, market):
-    def first_batch():
-        random.seed(0)
+    """Workers draw their augmentations from the loader's generator seed only (torch seeds each worker
+    from it; no worker_init_fn): the main process's global RNG state must not matter."""
+
+    def first_batch(seed, global_seed, workers=2):
+        random.seed(0)  # the host sampler draws from python/numpy global RNGs in the main process
         np.random.seed(0)
-        dm = manager(tmp_path, workers=1, seed=7)
+        torch.manual_seed(global_seed)  # workers must not depend on (or inherit) this state
+        dm = manager(tmp_path, workers=workers, seed=seed)
         return next(iter(dm.train_loader))
 
-    a, b = first_batch(), first_batch()
+    a, b, c = first_batch(7, global_seed=1), first_batch(7, global_seed=2), first_batch(8, global_seed=1)
+    assert a["impath"] == b["impath"] == c["impath"]
+    assert torch.equal(a["img"], b["img"]) and torch.equal(a["masks"], b["masks"])
+    assert not torch.equal(a["img"], c["img"])  # another generator seed, other augmentations
+    d, e = first_batch(7, global_seed=3, workers=1), first_batch(7, global_seed=4, workers=1)
     assert (
-        a["impath"] == b["impath"] and torch.equal(a["img"], b["img"]) and torch.equal(a["masks"], b["masks"])
+        d["impath"] == e["impath"] and torch.equal(d["img"], e["img"]) and torch.equal(d["masks"], e["masks"])
     )
 
 
@@ -198,3 +219,67 @@ def test_synthetic_from_dataset_kwargs(synthetic_root, synthetic_params):
     )
     batch = next(iter(dm.train_loader))
     assert batch["masks"].shape == (8, 6, 8, 4) and batch["visibility"][:, 1:].any()
+
+
+class FakeDist:
+    """``torch.distributed`` stand-in for one rank: records barriers and what existed at each one."""
+
+    def __init__(self, root):
+        self.meta = osp.join(root, "synthetic_occluded", "meta.json")
+        self.barriers = []
+
+    def is_available(self):
+        return True
+
+    def is_initialized(self):
+        return True
+
+    def barrier(self):
+        self.barriers.append(osp.isfile(self.meta))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_distributed_rank0_generates_synthetic_before_barrier(tmp_path, synthetic_params, monkeypatch, rank):
+    root = str(tmp_path)
+    fake = FakeDist(root)
+    generated = []
+    real_generate = synthetic.generate_synthetic_occluded
+
+    def spy(dataset_dir, **params):
+        generated.append(len(fake.barriers))  # barriers passed before this generation
+        return real_generate(dataset_dir, **params)
+
+    monkeypatch.setattr(datamanager_module, "dist", fake)
+    monkeypatch.setattr(synthetic, "generate_synthetic_occluded", spy)
+    if rank == 1:  # rank 0 has generated it (on its side of the barrier)
+        synthetic.ensure_synthetic_occluded(root, **synthetic_params)
+        generated.clear()
+    dm = ProFDDataManager(
+        root=root,
+        sources="synthetic_occluded",
+        dataset_kwargs={"synthetic_occluded": synthetic_params},
+        rank=rank,
+        world_size=2,
+        **SMALL,
+    )
+    assert fake.barriers == [True]  # one barrier, and the dataset was complete there
+    assert generated == ([0] if rank == 0 else [])  # only rank 0 generates, before the barrier
+    assert dm.num_train_pids == synthetic_params["num_ids"] and dm.train_loader.batch_size == 4
+
+
+def test_no_barrier_without_process_group(tmp_path, market, monkeypatch):
+    fake = FakeDist(str(tmp_path))
+    fake.is_initialized = lambda: False
+    monkeypatch.setattr(datamanager_module, "dist", fake)
+    manager(tmp_path, rank=1, world_size=2)
+    assert fake.barriers == []
+
+
+def test_dataset_kwargs_from_cfg_and_pil_preprocessing(tmp_path, market):
+    cfg = get_default_config()
+    kwargs = dataset_kwargs_from_cfg(cfg)["synthetic_occluded"]
+    assert kwargs == {**synthetic.DEFAULT_PARAMS, "cache_dir": ""}  # config defaults = generator defaults
+    dm = manager(tmp_path)
+    path = market["query"][0]
+    with Image.open(path) as im:
+        assert torch.equal(dm.preprocess_pil_img(im), dm.transform_te(read_image(path)))

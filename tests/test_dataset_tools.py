@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import threading
 import time
 import zipfile
 
@@ -87,10 +88,44 @@ def test_check_dataset_synthetic(synthetic_root, synthetic_params, check_dataset
     assert summary["train_images"] == n and summary["images_without_mask"] == 0
 
 
-def test_download_masks_fails_fast_offline(tmp_path, download_masks, monkeypatch, capsys):
+@pytest.mark.parametrize("grouping_opts", [["--grouping", "six"], ["profd.masks.grouping", "six"]])
+def test_check_dataset_unknown_grouping(tmp_path, market_like, check_dataset, capsys, grouping_opts):
+    market_like(str(tmp_path / "DukeMTMC-reID"), junk=False)
+    assert check_dataset.main(["--root", str(tmp_path), "--dataset", "dukemtmcreid", *grouping_opts]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown part grouping 'six'") and len(err.strip().splitlines()) == 1
+    assert "five_v, full, two_v" in err
+
+
+def test_check_dataset_test_only_reports_null(tmp_path, pid_folders, check_dataset, capsys):
+    for split in ("occluded_body_images", "whole_body_images"):
+        pid_folders(str(tmp_path / "Occluded_REID" / split), [1, 2], 2, ".tif")  # no masks at all
+    assert check_dataset.main(["--root", str(tmp_path), "--dataset", "occluded_reid", "--json"]) == 0
+    out = capsys.readouterr().out
+    summary = last_json(out)
+    assert summary["images_without_mask"] is None and "null" in out.strip().splitlines()[-1]
+    assert (summary["train_ids"], summary["train_images"]) == (0, 0)
+    assert (summary["query_images"], summary["gallery_images"]) == (4, 4)
+    assert "not checked (test-only dataset)" in out
+
+
+def test_download_masks_reachable_is_bounded(download_masks, monkeypatch):
+    release = threading.Event()
+
+    def hanging_connect(address, timeout=None):  # a network that never answers (no real connection)
+        release.wait(10)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(download_masks.socket, "create_connection", hanging_connect)
     start = time.monotonic()
-    download_masks.reachable(timeout=1.0)  # the real probe, bounded either way
-    assert time.monotonic() - start < 3.0
+    try:
+        assert download_masks.reachable(timeout=0.2) is False
+        assert time.monotonic() - start < 2.0
+    finally:
+        release.set()
+
+
+def test_download_masks_fails_fast_offline(tmp_path, download_masks, monkeypatch, capsys):
     monkeypatch.setattr(download_masks, "reachable", lambda **kw: False)
     assert download_masks.main(["--root", str(tmp_path), "--dataset", "occluded_duke"]) == 1
     err = capsys.readouterr().err
@@ -116,3 +151,25 @@ def test_download_masks_installs_local_archive(tmp_path, download_masks, capsys)
     assert target.read_bytes() == b"123" and str(root / "Occluded_Duke" / "masks") in capsys.readouterr().out
     assert download_masks.guess_dataset("P-DukeMTMC-reID.zip") == "p_dukemtmc_reid"
     assert download_masks.guess_dataset("market1501.tar") == "market1501"
+
+
+def test_download_masks_archive_installing_nothing_fails(tmp_path, download_masks, capsys):
+    archive = tmp_path / "unknown.zip"  # no dataset name in it and no --dataset
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("masks/pifpaf_maskrcnn_filtering/query/x.npy", b"123")
+    assert download_masks.main(["--root", str(tmp_path / "data"), "--archive", str(archive)]) == 1
+    captured = capsys.readouterr()
+    assert "skipped" in captured.out and captured.err.startswith("error: no masks installed")
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_download_masks_error_is_one_line(tmp_path, download_masks, monkeypatch, capsys):
+    def failing_install(archive, root, dataset):
+        raise RuntimeError("first line\n  second   line\n")
+
+    monkeypatch.setattr(download_masks, "install", failing_install)
+    args = ["--root", str(tmp_path), "--archive", str(tmp_path / "a.zip"), "--dataset", "occluded_duke"]
+    assert download_masks.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: RuntimeError: first line second line; download the archive")
+    assert len(err.strip().splitlines()) == 1

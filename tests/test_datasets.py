@@ -4,6 +4,7 @@ import os
 import os.path as osp
 import shutil
 
+import numpy as np
 import pytest
 from torchreid.reid.data.datasets import init_image_dataset
 from torchreid.reid.data.datasets.image.dukemtmcreid import DukeMTMCreID as HostDuke
@@ -19,6 +20,7 @@ from profd_plugin.data.datasets import (
     OccludedReID,
     PDukeMTMCreID,
     SyntheticOccluded,
+    split_counts,
 )
 
 MASKS = osp.join("masks", "pifpaf_maskrcnn_filtering")
@@ -130,6 +132,63 @@ def test_p_dukemtmc_layout(tmp_path, pid_folders):
     img = ds.train[0][0]
     assert ds.mask_path(img) == str(base / MASKS / "train_resize" / "whole_body_images" / "0005_00.npy")
     assert osp.isfile(ds.mask_path(img))
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "train_resize/occluded_body_images",
+        "train_resize/whole_body_images",
+        "test_resize/occluded_body_images",
+        "test_resize/whole_body_images",
+    ],
+)
+def test_p_dukemtmc_requires_all_four_sub_folders(tmp_path, pid_folders, missing):
+    base = tmp_path / "P-DukeMTMC-reID"
+    for top in ("train_resize", "test_resize"):
+        for sub in ("whole_body_images", "occluded_body_images"):
+            pid_folders(str(base / top / sub), [5, 9], 1, ".jpg")
+    shutil.rmtree(base / missing)
+    with pytest.raises(DatasetError, match="missing folder") as info:
+        PDukeMTMCreID(root=str(tmp_path), verbose=False)
+    assert str(base / missing) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_split_folders_derive_from_one_mapping():
+    assert Market1501.required_dirs() == ("bounding_box_train", "query", "bounding_box_test")
+    assert OccludedReID.required_dirs() == ("occluded_body_images", "whole_body_images")
+    assert PDukeMTMCreID.required_dirs() == ("train", "test")
+    assert SyntheticOccluded.split_dirs == OccludedDuke.split_dirs == DukeMTMCreID.split_dirs
+
+
+def test_junk_pids_market_only(tmp_path, market_like):
+    """``combineall`` skips ``_junk_pids``: Market's distractors (pid 0) stay out of train, Duke's do not."""
+    assert Market1501._junk_pids == [0, -1]
+    for cls in (DukeMTMCreID, OccludedDuke, PDukeMTMCreID, SyntheticOccluded, OccludedReID):
+        assert cls._junk_pids == [], cls.__name__
+    market_like(str(tmp_path / "Market-1501-v15.09.15"), junk=False)
+    market_like(str(tmp_path / "Occluded_Duke"), junk=False, mask_suffix=None)
+    for cls, distractors_in_train in ((Market1501, False), (OccludedDuke, True)):
+        ds = cls(root=str(tmp_path), combineall=True, verbose=False)
+        train_files = {osp.basename(p) for p, *_ in ds.train}
+        assert any(f.startswith("0000_") for f in train_files) == distractors_in_train, cls.__name__
+        assert len(train_files) == 24 + 3 + 6 + distractors_in_train  # train + query + gallery (+ pid 0)
+
+
+def test_train_mask_problems_and_split_counts(tmp_path, market_like):
+    data = market_like(str(tmp_path / "DukeMTMC-reID"), junk=False)
+    ds = DukeMTMCreID(root=str(tmp_path), verbose=False)
+    missing, broken = ds.train[0][0], ds.train[1][0]
+    os.remove(ds.mask_path(missing))
+    np.save(ds.mask_path(broken), np.zeros((7, 4, 2)))
+    assert ds.train_mask_problems("five_v", load=False) == [(missing, ds.mask_path(missing), "missing")]
+    problems = ds.train_mask_problems("five_v", load=True)
+    assert [p[:2] for p in problems] == [(img, ds.mask_path(img)) for img in (missing, broken)]
+    assert problems[0][2] == "missing"
+    reason = problems[1][2]
+    assert reason.startswith("malformed: shape (7, 4, 2)") and ds.mask_path(broken) not in reason
+    gallery = (4, len(data["bounding_box_test"]))  # 3 test ids + the distractor pid 0
+    assert split_counts(ds) == {"train": (6, 24), "query": (3, 3), "gallery": gallery}
 
 
 def test_missing_dataset_names_paths_and_tool(tmp_path):

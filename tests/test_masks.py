@@ -8,6 +8,7 @@ from profd_plugin.data.masks import (
     NUM_PIFPAF_FIELDS,
     PART_GROUPS,
     PIFPAF_FIELDS,
+    MalformedMaskError,
     MaskParams,
     add_background,
     group_fields,
@@ -87,13 +88,34 @@ def test_part_targets_resize_and_visibility():
     assert visibility_targets(masks[None].repeat(3, 1, 1, 1)).shape == (3, 6)
 
 
-@pytest.mark.parametrize("shape", [(36, 4, 2), (4, 2, 36), (5, 4, 2), (4, 2, 5)])
-def test_load_accepts_layouts(tmp_path, shape):
+@pytest.mark.parametrize("size", [(64, 32), (16, 8), (8, 4), (32, 16), (5, 3), (7, 5)])
+def test_part_targets_resize_first_equals_official_order(size):
+    torch.manual_seed(0)
+    parts = torch.rand(4, 5, 32, 16) * 1.2 - 0.1  # (N, K, H, W), many values around the threshold
+    masks, vis = part_targets(parts, bg_threshold=0.5, sharpness=15.0, size=size)
+    with_bg = resize_masks(add_background(parts, 0.5), size, mode="nearest")  # official order
+    assert torch.equal(add_background(resize_masks(parts, size, mode="nearest"), 0.5), with_bg)
+    official = sharpen(with_bg, 15.0)
+    assert torch.equal(vis, visibility_targets(official))
+    if size[0] * size[1] % 16 == 0:  # standard grids: bit-identical
+        assert torch.equal(masks, official)
+    else:  # odd grids: the vectorised softmax kernel may round the last bit differently
+        torch.testing.assert_close(masks, official, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("channels, transposed", [(36, False), (36, True), (5, False), (5, True)])
+def test_load_accepts_layouts(tmp_path, channels, transposed):
+    fields = np.arange(channels * 4 * 2, dtype=np.float32).reshape(channels, 4, 2)
+    fields = fields / fields.max() * 1.1  # distinct per channel and pixel; the top values get clamped
     path = str(tmp_path / "m.npy")
-    np.save(path, np.full(shape, 0.5, dtype=np.float32))
+    np.save(path, np.moveaxis(fields, 0, -1) if transposed else fields)  # (h, w, C) or (C, h, w)
     parts = load_part_masks(path, "five_v")
     assert parts.shape == (5, 4, 2) and parts.dtype == torch.float32
-    assert torch.allclose(parts, torch.full((5, 4, 2), 0.5))
+    f = torch.from_numpy(fields)
+    expected = group_fields(f, "five_v") if channels == NUM_PIFPAF_FIELDS else f.clamp(0, 1)
+    for k, name in enumerate(FIVE):
+        assert torch.equal(parts[k], expected[k]), name
+    assert len({tuple(p.flatten().tolist()) for p in parts}) == 5  # the parts really differ
 
 
 @pytest.mark.parametrize(
@@ -107,16 +129,19 @@ def test_load_accepts_layouts(tmp_path, shape):
 def test_load_rejects_malformed(tmp_path, array, reason):
     path = str(tmp_path / "bad.npy")
     np.save(path, array)
-    with pytest.raises(ValueError, match=reason) as info:
+    with pytest.raises(MalformedMaskError, match=reason) as info:
         load_part_masks(path, "five_v")
-    assert path in str(info.value)
+    assert path in str(info.value) and info.value.path == path and isinstance(info.value, ValueError)
+    assert reason in info.value.detail and path not in info.value.detail
 
 
 def test_load_rejects_corrupt_file(tmp_path):
     path = tmp_path / "corrupt.npy"
     path.write_bytes(b"not a numpy file")
-    with pytest.raises(ValueError, match="corrupt.npy"):
+    with pytest.raises(MalformedMaskError, match="corrupt.npy"):
         load_part_masks(str(path), "five_v")
+    with pytest.raises(FileNotFoundError):  # missing is not malformed: callers tell them apart
+        load_part_masks(str(tmp_path / "absent.npy"), "five_v")
 
 
 def test_mask_params_num_parts():

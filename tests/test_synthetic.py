@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from profd_plugin.data import synthetic as syn
+from profd_plugin.data.datasets import SyntheticOccluded
 
 TINY = {"num_ids": 6, "num_test_ids": 4, "images_per_id": 4, "height": 128, "width": 64, "seed": 3}
 NAME = re.compile(r"^(\d{4})_c(\d)_f(\d{8})\.jpg$")
+SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}  # as Occ-Duke
+MASK_DIR = os.path.join("masks", "pifpaf_maskrcnn_filtering")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def _files(root):
 
 def _images(root, split):
     """(pid, cam, file name) of every image of ``split``."""
-    folder = root / syn.SPLIT_DIRS[split]
+    folder = root / SPLIT_DIRS[split]
     out = []
     for name in sorted(os.listdir(folder)):
         m = NAME.match(name)
@@ -47,6 +50,8 @@ def test_deterministic(tiny, tmp_path):
 
 def test_layout_names_and_counts(tiny):
     root, stats, meta = tiny
+    assert {split: dirs[0] for split, dirs in SyntheticOccluded.split_dirs.items()} == SPLIT_DIRS
+    assert sorted(os.listdir(root / MASK_DIR)) == sorted(SPLIT_DIRS.values())
     n = TINY["images_per_id"]
     train, query, gallery = (_images(root, s) for s in ("train", "query", "gallery"))
     assert all(1 <= cam <= 8 for _, cam, _ in train + query + gallery)
@@ -73,7 +78,7 @@ def test_every_query_has_gallery_match_in_another_camera(tiny):
 def test_masks_paths_shapes_and_range(tiny):
     root = tiny[0]
     h, w = TINY["height"] // 8, TINY["width"] // 8
-    for split, folder in syn.SPLIT_DIRS.items():
+    for split, folder in SPLIT_DIRS.items():
         for _, _, name in _images(root, split):
             path = root / "masks" / "pifpaf_maskrcnn_filtering" / folder / (name + ".confidence_fields.npy")
             fields = np.load(path)
@@ -104,7 +109,7 @@ def test_masks_are_zero_under_occluders(tiny):
     s = syn.MASK_STRIDE
     for job in occluded:
         sample = syn.render_job(job, outfits[job.pid], height=p["height"], width=p["width"], seed=p["seed"])
-        saved = np.load(root / syn.MASK_DIR / syn.SPLIT_DIRS[job.split] / (job.filename + syn.MASK_SUFFIX))
+        saved = np.load(root / MASK_DIR / SPLIT_DIRS[job.split] / (job.filename + ".confidence_fields.npy"))
         np.testing.assert_array_equal(saved, sample.fields)
         h, w = saved.shape[1:]
         covered = sample.occluder.reshape(h, s, w, s).mean((1, 3)) >= 0.5
@@ -134,6 +139,12 @@ def test_bad_params_raise_naming_them(tmp_path, name, value):
         syn.generate_synthetic_occluded(str(tmp_path / "x"), **{**TINY, name: value})
     with pytest.raises(ValueError, match=name):
         syn.ensure_synthetic_occluded(str(tmp_path), **{**TINY, name: value})
+    assert not os.listdir(tmp_path)
+
+
+def test_unknown_param_raises_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="num_idz"):
+        syn.generate_synthetic_occluded(str(tmp_path / "x"), **{**TINY, "num_idz": 3})
     assert not os.listdir(tmp_path)
 
 

@@ -76,9 +76,19 @@ def test_color_jitter_is_image_only_and_resize_is_bilinear():
         augment=AugmentParams(jitter_prob=1.0, brightness=0.5),
     )
     img = tv_tensors.Image(torch.full((3, 64, 32), 100, dtype=torch.uint8))
-    out, mask = t(img, tv_tensors.Mask(torch.full((5, 4, 2), 0.3)))
+    step = torch.zeros(5, 4, 2)
+    step[:, 2:] = 1.0  # a step between rows 1 and 2 of the 4-row mask
+    torch.manual_seed(0)
+    out, mask = t(img, tv_tensors.Mask(step))
     assert out.shape == (3, H, W) and mask.shape == (5, H, W)
-    assert torch.allclose(mask, torch.full((5, H, W), 0.3))
+    # bilinear, align_corners=False, 8x: output row y samples source row (y + 0.5) / 8 - 0.5
+    assert torch.allclose(mask[:, 15], torch.full((5, W), 0.4375))  # source row 1.4375
+    assert torch.allclose(mask[:, 16], torch.full((5, W), 0.5625))  # source row 1.5625
+    assert (mask[:, :4] == 0).all() and (mask[:, -4:] == 1).all()
+    expected = torch.nn.functional.interpolate(step[None], size=(H, W), mode="bilinear", align_corners=False)
+    assert torch.allclose(mask, expected[0])  # the mask is resized, not jittered
+    plain = build_test_transform(height=H, width=W, **NORM)(img)  # the same resize, no jitter
+    assert not torch.allclose(out, plain, atol=1e-3)  # the image was jittered
 
 
 def test_test_transform_resizes_and_normalises():

@@ -8,7 +8,8 @@ Usage::
 The masks live in a Google-Drive folder (one archive per dataset, each holding a ``masks/`` folder).
 Archives are unpacked into ``<root>/<dataset folder>/masks/pifpaf_maskrcnn_filtering/...``. Offline,
 the tool fails within a few seconds and prints the manual steps; ``--archive`` installs an archive that
-was downloaded by hand.
+was downloaded by hand. Exit code 1 (with a one-line ``error: ...`` on stderr) when it fails or installs
+nothing, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import zipfile
 from typing import List, Optional
 
 import profd_plugin  # noqa: F401  (registers the datasets with torchreid)
-from profd_plugin.data.datasets import DATASETS, DEFAULT_MASKS_DIR
+from profd_plugin.data.datasets import DATASETS, DEFAULT_MASKS_DIR, SyntheticOccluded
 
 DRIVE_FOLDER = "https://drive.google.com/drive/folders/1IbCAbjj3XtV3_tFOsCuqBi79ZiDqNc1H"
-MASK_DATASETS = ("market1501", "dukemtmcreid", "occluded_duke", "occluded_reid", "p_dukemtmc_reid")
+#: datasets with downloadable masks: all adapters except the generated one (it writes its own)
+MASK_DATASETS = tuple(name for name in DATASETS if name != SyntheticOccluded.name)
 #: archive-name keywords -> dataset, most specific first
 KEYWORDS = (
     ("p_duke", "p_dukemtmc_reid"),
@@ -46,7 +48,7 @@ KEYWORDS = (
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", required=True, help="folder holding the dataset folders (data.root)")
-    p.add_argument("--dataset", choices=MASK_DATASETS, help="only this dataset (default: all five)")
+    p.add_argument("--dataset", choices=MASK_DATASETS, help="only this dataset (default: all)")
     p.add_argument(
         "--archive", help="install this already-downloaded archive (zip/tar) instead of downloading"
     )
@@ -158,6 +160,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 1
         else:
             archives = download(osp.join(root, ".masks_download"), args.dataset)
+        installed = 0
         for archive in archives:
             dataset = args.dataset or guess_dataset(archive)
             if dataset is None:
@@ -167,8 +170,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 )
                 continue
             print(f"{dataset}: masks installed in {install(archive, root, dataset)}")
+            installed += 1
+        if not installed:
+            print(f"error: no masks installed; {manual_steps(root, datasets)}", file=sys.stderr)
+            return 1
     except Exception as e:  # noqa: BLE001 - one-line message, no traceback wall
-        print(f"error: {type(e).__name__}: {e}; {manual_steps(root, datasets)}", file=sys.stderr)
+        message = " ".join(f"{type(e).__name__}: {e}".split())  # exception text may span lines
+        print(f"error: {message}; {manual_steps(root, datasets)}", file=sys.stderr)
         return 1
     return 0
 

@@ -7,17 +7,18 @@ the joint image + mask transforms of :mod:`profd_plugin.data.transforms`. Masks 
 only, and only when ``with_masks`` is set; test loaders never read masks.
 
 Distributed training shards the host sampler's identity groups over ranks
-(:class:`profd_plugin.data.sampler.ShardedIdentitySampler`).
+(:class:`profd_plugin.data.sampler.ShardedIdentitySampler`), and rank 0 generates the synthetic dataset
+before any rank builds one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os.path as osp
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
+import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchreid.reid.data.datasets import init_image_dataset
@@ -26,9 +27,9 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from .builtin import register_datasets
-from .datasets import DatasetError
-from .masks import MaskParams, load_part_masks, part_names, part_targets
-from .sampler import ShardedIdentitySampler, seed_worker
+from .datasets import DatasetError, SyntheticOccluded, load_train_mask, split_counts
+from .masks import MaskParams, part_names, part_targets
+from .sampler import ShardedIdentitySampler
 from .transforms import AugmentParams, build_test_transform, build_train_transform
 
 __all__ = ["ProFDDataManager", "ReIDImageSet", "dataset_kwargs_from_cfg", "read_image"]
@@ -36,11 +37,16 @@ __all__ = ["ProFDDataManager", "ReIDImageSet", "dataset_kwargs_from_cfg", "read_
 logger = logging.getLogger(__name__)
 
 
+def pil_to_image(img: Image.Image) -> tv_tensors.Image:
+    """A PIL image as an RGB uint8 ``(3, h, w)`` ``tv_tensors.Image``."""
+    return tv_tensors.Image(TF.pil_to_tensor(img.convert("RGB")))
+
+
 def read_image(path: str) -> tv_tensors.Image:
     """Read an RGB image as uint8 ``(3, h, w)``; raises DatasetError naming the file."""
     try:
         with Image.open(path) as im:
-            return tv_tensors.Image(TF.pil_to_tensor(im.convert("RGB")))
+            return pil_to_image(im)
     except Exception as e:  # noqa: BLE001 - any decoding failure names the file
         raise DatasetError(f"cannot read image {path} ({type(e).__name__}: {e})") from None
 
@@ -77,12 +83,7 @@ class ReIDImageSet(Dataset):
         path = self.mask_paths[index]
         if path is None:
             return torch.zeros(self.mask_params.num_parts, *image_size)
-        if not osp.isfile(path):
-            raise DatasetError(f"missing mask for image {self.items[index][0]}: expected {path}")
-        try:
-            return load_part_masks(path, self.mask_params.grouping)
-        except ValueError as e:
-            raise DatasetError(str(e)) from None
+        return load_train_mask(self.items[index][0], path, self.mask_params.grouping)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         path, pid, camid, dsetid = self.items[index][:4]
@@ -114,19 +115,9 @@ def _params_from_node(cls: type, node, **renames: str):
 
 
 def dataset_kwargs_from_cfg(cfg) -> Dict[str, Dict[str, Any]]:
-    """Extra constructor kwargs per dataset name from a config (``profd.synthetic.*`` for the generator)."""
-    s = cfg.profd.synthetic
-    return {
-        "synthetic_occluded": dict(
-            num_ids=s.num_ids,
-            num_test_ids=s.num_test_ids,
-            images_per_id=s.images_per_id,
-            height=s.height,
-            width=s.width,
-            seed=s.seed,
-            cache_dir=s.cache_dir,
-        )
-    }
+    """Extra constructor kwargs per dataset name from a config: every ``profd.synthetic.*`` key (the
+    generator parameters and ``cache_dir``) for ``synthetic_occluded``."""
+    return {SyntheticOccluded.name: dict(cfg.profd.synthetic)}
 
 
 class ProFDDataManager:
@@ -151,8 +142,10 @@ class ProFDDataManager:
         with_masks: read masks and yield ``masks``/``visibility`` in train batches.
         mask_params, augment: mask and augmentation parameters.
         dataset_kwargs: extra constructor kwargs per dataset name (e.g. ``synthetic_occluded`` generator).
-        seed: base seed of the loader generator, worker seeds and the sharded sampler.
-        rank, world_size: distributed position (``world_size > 1`` shards the train sampler).
+        seed: base seed of the loader generators (torch derives the worker seeds from them) and of the
+            sharded sampler.
+        rank, world_size: distributed position (``world_size > 1`` shards the train sampler; with
+            ``torch.distributed`` initialised, rank 0 also generates ``synthetic_occluded`` first).
         use_gpu: pin memory (default: CUDA available).
 
     Raises:
@@ -217,10 +210,11 @@ class ProFDDataManager:
         )
 
         register_datasets()
+        names, dataset_kwargs = list(dict.fromkeys(self.sources + self.targets)), dataset_kwargs or {}
+        self._generate_before_other_ranks(names, root, dataset_kwargs)
         kwargs = dict(root=root, masks_dir=self.mask_params.masks_dir, combineall=combineall, verbose=False)
         datasets = {
-            name: self._init_dataset(name, **kwargs, **(dataset_kwargs or {}).get(name, {}))
-            for name in dict.fromkeys(self.sources + self.targets)
+            name: self._init_dataset(name, **kwargs, **dataset_kwargs.get(name, {})) for name in names
         }
         self._build_train_loader(
             datasets, batch_size_train, workers, train_sampler, num_instances, num_cams, num_datasets
@@ -272,6 +266,22 @@ class ProFDDataManager:
         )
 
     # -- construction helpers ---------------------------------------------------------------------
+    def _generate_before_other_ranks(
+        self, names: List[str], root: str, dataset_kwargs: Dict[str, Dict[str, Any]]
+    ) -> None:
+        """Distributed runs: rank 0 generates ``synthetic_occluded`` (if used) while the other ranks wait.
+
+        Every rank then builds its datasets and finds the generated one complete, instead of each rank
+        generating its own copy. A no-op unless ``world_size > 1`` and ``torch.distributed`` is initialised.
+        """
+        if self.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+            return
+        try:
+            if self.rank == 0 and SyntheticOccluded.name in names:
+                SyntheticOccluded.ensure(root, **dataset_kwargs.get(SyntheticOccluded.name, {}))
+        finally:  # also on failure, so the other ranks fail on their own instead of waiting forever
+            dist.barrier()
+
     @staticmethod
     def _init_dataset(name: str, **kwargs):
         try:
@@ -285,7 +295,6 @@ class ProFDDataManager:
             batch_size=batch_size,
             num_workers=workers,
             pin_memory=self.use_gpu,
-            worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.seed + self.rank),
             **kwargs,
         )
@@ -348,23 +357,28 @@ class ProFDDataManager:
         return ShardedIdentitySampler(sampler, self.rank, self.world_size, num_instances, self.seed)
 
     def _train_mask_paths(self, datasets, items: List[tuple]) -> List[Optional[str]]:
-        """Mask path of every train item; missing ones raise (required) or become None + one warning."""
+        """Mask path of every train item; missing ones raise (required) or become None + one warning.
+
+        Only existence is checked here (``train_mask_problems(load=False)``); a malformed file raises
+        when its item is loaded.
+        """
         lookup: Dict[str, str] = {}
+        missing: Dict[str, str] = {}  # image -> expected mask path
         for name in self.sources:
             ds = datasets[name]
-            if not hasattr(ds, "mask_path"):
+            if not hasattr(ds, "train_mask_problems"):
                 raise DatasetError(
                     f"dataset '{name}' has no masks (not a ProFD adapter); train it with with_masks=False"
                 )
             lookup.update((item[0], ds.mask_path(item[0])) for item in ds.train)
-        paths = [lookup[item[0]] for item in items]
-        missing = [i for i, p in enumerate(paths) if not osp.isfile(p)]
+            problems = ds.train_mask_problems(self.mask_params.grouping, load=False)  # all "missing"
+            missing.update((img, mask) for img, mask, _ in problems)
         if missing:
-            first = items[missing[0]][0]
+            first, expected = next(iter(missing.items()))
             if self.mask_params.required:
                 raise DatasetError(
                     f"missing mask for {len(missing)} of {len(items)} train images, e.g. image {first}: "
-                    f"expected {paths[missing[0]]} (get masks with tools/download_masks.py, or set "
+                    f"expected {expected} (get masks with tools/download_masks.py, or set "
                     "profd.masks.required False)"
                 )
             logger.warning(
@@ -372,23 +386,19 @@ class ProFDDataManager:
                 len(missing),
                 len(items),
                 first,
-                paths[missing[0]],
+                expected,
             )
-            for i in missing:
-                paths[i] = None
-        return paths
+        return [None if item[0] in missing else lookup[item[0]] for item in items]
 
     def _log_summary(self, datasets) -> None:
         for name, ds in datasets.items():
+            counts = split_counts(ds)
             logger.info(
                 "%s: train %d ids / %d images, query %d / %d, gallery %d / %d",
                 name,
-                ds.num_train_pids,
-                len(ds.train),
-                len({i[1] for i in ds.query}),
-                len(ds.query),
-                len({i[1] for i in ds.gallery}),
-                len(ds.gallery),
+                *counts["train"],
+                *counts["query"],
+                *counts["gallery"],
             )
 
     # -- torchreid DataManager API ------------------------------------------------------------------
@@ -398,6 +408,4 @@ class ProFDDataManager:
 
     def preprocess_pil_img(self, img: Image.Image) -> torch.Tensor:
         """Test transform of a PIL image -> float ``(3, H, W)``."""
-        return self.transform_te(tv_tensors.Image(TF.pil_to_tensor(img.convert("RGB")))).as_subclass(
-            torch.Tensor
-        )
+        return self.transform_te(pil_to_image(img)).as_subclass(torch.Tensor)

@@ -10,7 +10,8 @@ Conventions (all datasets): file lists are sorted, train pids are relabelled ``0
 pid order, cameras are 0-based, junk pid -1 is dropped, distractor pid 0 stays in the gallery. Each
 split folder may be the original one or its pre-resized ``<name>_resize`` copy (preferred when both
 exist). Mask folders mirror the image folders; when the mirror is missing, the ``_resize``-toggled
-folder is used (masks are rescaled to the image grid on load, so either fits).
+folder is used (masks are rescaled to the image grid on load, so either fits). Each class names its
+folders once, in ``split_dirs``; the required folders, error hints and item lists derive from it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from __future__ import annotations
 import glob
 import os.path as osp
 import re
-from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
+import torch
 from torchreid.reid.data.datasets.dataset import ImageDataset
+
+from .masks import MalformedMaskError, load_part_masks
 
 __all__ = [
     "DatasetError",
@@ -33,10 +37,15 @@ __all__ = [
     "SyntheticOccluded",
     "DATASETS",
     "DEFAULT_MASKS_DIR",
+    "SPLITS",
+    "load_train_mask",
+    "masks_root",
+    "split_counts",
 ]
 
 Item = Tuple[str, int, int]  # (img_path, pid, camid)
 
+SPLITS: Tuple[str, ...] = ("train", "query", "gallery")
 DEFAULT_MASKS_DIR = "pifpaf_maskrcnn_filtering"
 RESIZE_SUFFIX = "_resize"
 PID_CAMID = re.compile(r"([-\d]+)_c(\d)")  # Market/Duke file names: <pid>_c<cam>...
@@ -70,10 +79,37 @@ def toggle_resize(name: str) -> str:
     return name[: -len(RESIZE_SUFFIX)] if name.endswith(RESIZE_SUFFIX) else name + RESIZE_SUFFIX
 
 
+def masks_root(dataset_dir: str, masks_dir: str = DEFAULT_MASKS_DIR) -> str:
+    """``<dataset dir>/masks/<masks_dir>``: the folder that mirrors a dataset's image folders."""
+    return osp.join(dataset_dir, "masks", masks_dir)
+
+
+def split_counts(dataset: Any) -> Dict[str, Tuple[int, int]]:
+    """``{split: (ids, images)}`` of a torchreid dataset; the dummy train list of a test-only one counts 0."""
+    train = [] if getattr(dataset, "test_only", False) else dataset.train
+    lists = (train, dataset.query, dataset.gallery)
+    return {split: (len({item[1] for item in items}), len(items)) for split, items in zip(SPLITS, lists)}
+
+
+def load_train_mask(img_path: str, mask_path: str, grouping: str) -> torch.Tensor:
+    """:func:`~profd_plugin.data.masks.load_part_masks` for one image: ``(K, h, w)`` part maps.
+
+    Raises:
+        DatasetError: the mask is missing or malformed; the one-line message names the image and the mask.
+    """
+    try:
+        return load_part_masks(mask_path, grouping)
+    except FileNotFoundError:
+        raise DatasetError(f"missing mask for image {img_path}: expected {mask_path}") from None
+    except (OSError, ValueError) as e:  # MalformedMaskError names the mask file and what is wrong
+        raise DatasetError(f"{e} (image {img_path})") from None
+
+
 class ReIDDataset(ImageDataset):
     """Base adapter: folder resolution, split folders, mask paths, empty-split checks.
 
-    Subclasses set the class attributes and implement :meth:`load_splits`.
+    Subclasses set the class attributes (``split_dirs`` names every folder) and implement
+    :meth:`parse_dir`.
 
     Args:
         root: folder that holds the dataset folder (``cfg.data.root``).
@@ -87,8 +123,9 @@ class ReIDDataset(ImageDataset):
     name: ClassVar[str] = ""
     #: dataset folder locations relative to ``root``, first match wins (official, then torchreid nesting)
     dir_candidates: ClassVar[Tuple[str, ...]] = ()
-    #: split folder names (without ``_resize``) that must exist
-    required_dirs: ClassVar[Tuple[str, ...]] = ()
+    #: split -> the folders holding its images, relative to the dataset folder (``top[/sub]``, ``top``
+    #: without ``_resize``); every folder must exist. The required top folders derive from it.
+    split_dirs: ClassVar[Dict[str, Tuple[str, ...]]] = {}
     image_exts: ClassVar[Tuple[str, ...]] = (".jpg",)
     #: mask file = ``<image stem><mask_suffix>``
     mask_suffix: ClassVar[str] = ".npy"
@@ -103,30 +140,37 @@ class ReIDDataset(ImageDataset):
         self.dataset_dir = self.find_dataset_dir()
         self._mask_dir_cache: Dict[str, str] = {}
         train, query, gallery = self.load_splits()
-        for split, items in (("train", train), ("query", query), ("gallery", gallery)):
+        for split, items in zip(SPLITS, (train, query, gallery)):
             if not items:
                 raise DatasetError(
                     f"dataset '{self.name}': split '{split}' is empty (no {'/'.join(self.image_exts)} images "
-                    f"in {self._split_hint(split)}); {HELP}"
+                    f"in {', '.join(self.split_folders(split))}); {HELP}"
                 )
         super().__init__(train, query, gallery, **kwargs)
 
     # -- layout -----------------------------------------------------------------------------------
+    @classmethod
+    def required_dirs(cls) -> Tuple[str, ...]:
+        """The top folders of ``split_dirs`` (without ``_resize``), in order of first use."""
+        return tuple(dict.fromkeys(d.split("/")[0] for dirs in cls.split_dirs.values() for d in dirs))
+
     def find_dataset_dir(self) -> str:
         """The first candidate folder under ``root`` that holds the required split folders."""
+        required = self.required_dirs()
+        layout = ", ".join(f"{d}/" for d in required)
+        partial = None  # the first existing candidate that lacks some (not all) split folders
         for cand in self.dir_candidates:
             path = osp.join(self.root, cand)
-            if all(self._find_split(path, d) for d in self.required_dirs):
+            missing = [f"{d}/" for d in required if not self._find_split(path, d)]
+            if not missing:
                 return path
-        layout = ", ".join(f"{d}/" for d in self.required_dirs)
-        for cand in self.dir_candidates:  # a folder exists but lacks splits: name what is missing
-            path = osp.join(self.root, cand)
-            missing = [f"{d}/" for d in self.required_dirs if not self._find_split(path, d)]
-            if osp.isdir(path) and len(missing) < len(self.required_dirs):
-                raise DatasetError(
-                    f"dataset '{self.name}': {path} lacks {', '.join(missing)} (expected {layout} "
-                    f"or their *{RESIZE_SUFFIX} copies); {HELP}"
-                )
+            if partial is None and osp.isdir(path) and len(missing) < len(required):
+                partial = (path, missing)
+        if partial is not None:  # name what is missing
+            raise DatasetError(
+                f"dataset '{self.name}': {partial[0]} lacks {', '.join(partial[1])} (expected {layout} "
+                f"or their *{RESIZE_SUFFIX} copies); {HELP}"
+            )
         expected = " or ".join(osp.join(self.root, c) for c in self.dir_candidates)
         raise DatasetError(
             f"dataset '{self.name}' not found: expected {expected} holding {layout} "
@@ -151,12 +195,32 @@ class ReIDDataset(ImageDataset):
             )
         return path
 
-    def _split_hint(self, split: str) -> str:
-        return self.dataset_dir
+    def split_folders(self, split: str) -> List[str]:
+        """The folders of ``split`` (``split_dirs``; ``_resize`` top folders preferred).
+
+        Raises:
+            DatasetError: naming the first folder that does not exist.
+        """
+        folders = []
+        for rel in self.split_dirs[split]:
+            top, *sub = rel.split("/")
+            path = osp.join(self.split_dir(top), *sub)
+            if not osp.isdir(path):
+                raise DatasetError(f"dataset '{self.name}': missing folder {path}; {HELP}")
+            folders.append(path)
+        return folders
+
+    def parse_dir(self, folder: str) -> List[Item]:
+        """The ``(img_path, raw pid, camid)`` items of one split folder."""
+        raise NotImplementedError
 
     def load_splits(self) -> Tuple[List[Item], List[Item], List[Item]]:
         """Return ``(train, query, gallery)`` with train pids relabelled."""
-        raise NotImplementedError
+        train, query, gallery = (
+            [item for folder in self.split_folders(split) for item in self.parse_dir(folder)]
+            for split in SPLITS
+        )
+        return relabel(train), query, gallery
 
     # -- masks ------------------------------------------------------------------------------------
     def mask_path(self, img_path: str) -> str:
@@ -170,7 +234,7 @@ class ReIDDataset(ImageDataset):
             head, tail = osp.split(head)
             ancestors.append(tail)
         comps = [ancestors[lvl] for lvl in self.mask_levels]
-        base = osp.join(self.dataset_dir, "masks", self.masks_dir)
+        base = masks_root(self.dataset_dir, self.masks_dir)
         first = self._mask_dir_cache.get(comps[0])
         if first is None:  # decided once per folder: mirror, else the _resize-toggled folder
             first = comps[0]
@@ -179,17 +243,36 @@ class ReIDDataset(ImageDataset):
             self._mask_dir_cache[comps[0]] = first
         return osp.join(base, first, *comps[1:], osp.splitext(fname)[0] + self.mask_suffix)
 
+    def train_mask_problems(self, grouping: str, load: bool) -> List[Tuple[str, str, str]]:
+        """``(image, mask, reason)`` for every train image whose mask is unusable.
+
+        Args:
+            grouping: part grouping the masks are loaded with (a key of ``PART_GROUPS``).
+            load: also load every mask and report malformed ones (slow); False only checks existence.
+
+        Returns:
+            The problems in train order; ``reason`` is ``"missing"`` or ``"malformed: <what is wrong>"``.
+
+        Raises:
+            KeyError: unknown ``grouping`` (only with ``load``), listing the valid ones.
+        """
+        problems = []
+        for img_path, *_ in self.train:
+            path = self.mask_path(img_path)
+            if not osp.isfile(path):
+                problems.append((img_path, path, "missing"))
+            elif load:
+                try:
+                    load_part_masks(path, grouping)
+                except MalformedMaskError as e:
+                    problems.append((img_path, path, f"malformed: {e.detail}"))
+        return problems
+
 
 class _MarketLike(ReIDDataset):
     """``bounding_box_train`` / ``query`` / ``bounding_box_test`` with ``<pid>_c<cam>`` file names."""
 
-    required_dirs = ("bounding_box_train", "query", "bounding_box_test")
-    _junk_pids = [0, -1]
-
-    def _split_hint(self, split: str) -> str:
-        return self.split_dir(
-            {"train": "bounding_box_train", "query": "query"}.get(split, "bounding_box_test")
-        )
+    split_dirs = {"train": ("bounding_box_train",), "query": ("query",), "gallery": ("bounding_box_test",)}
 
     def parse_dir(self, folder: str) -> List[Item]:
         """Items of one folder: pid/camid from ``([-\\d]+)_c(\\d)``, pid -1 dropped, camid 0-based."""
@@ -204,12 +287,6 @@ class _MarketLike(ReIDDataset):
             items.append((path, pid, cam - 1))
         return items
 
-    def load_splits(self) -> Tuple[List[Item], List[Item], List[Item]]:
-        train = relabel(self.parse_dir(self.split_dir("bounding_box_train")))
-        query = self.parse_dir(self.split_dir("query"))
-        gallery = self.parse_dir(self.split_dir("bounding_box_test"))
-        return train, query, gallery
-
 
 class Market1501(_MarketLike):
     """Market-1501 (12,936 / 3,368 / 15,913 images). Same lists as torchreid's ``Market1501``.
@@ -220,6 +297,8 @@ class Market1501(_MarketLike):
 
     name = "market1501"
     dir_candidates = ("Market-1501-v15.09.15", "market1501/Market-1501-v15.09.15", "market1501")
+    #: torchreid's convention: ``combineall`` leaves distractors (0) and junk (-1) out of train
+    _junk_pids = [0, -1]
 
     def __init__(self, root: str = "", market1501_500k: bool = False, **kwargs) -> None:
         self.market1501_500k = market1501_500k
@@ -233,11 +312,13 @@ class Market1501(_MarketLike):
 
 
 class DukeMTMCreID(_MarketLike):
-    """DukeMTMC-reID (16,522 / 2,228 / 17,661 images). Same lists as torchreid's ``DukeMTMCreID``."""
+    """DukeMTMC-reID (16,522 / 2,228 / 17,661 images). Same lists as torchreid's ``DukeMTMCreID``.
+
+    Like torchreid's class (and the Duke-derived sets below) it keeps the host's ``_junk_pids = []``.
+    """
 
     name = "dukemtmcreid"
     dir_candidates = ("DukeMTMC-reID", "dukemtmc-reid/DukeMTMC-reID")
-    _junk_pids: List[int] = []  # as torchreid
 
 
 class OccludedDuke(_MarketLike):
@@ -249,10 +330,15 @@ class OccludedDuke(_MarketLike):
 
 
 class _PidFolders(ReIDDataset):
-    """Images ``<split>/<pid>/<pid>_*.<ext>``; pid = ``int(name.split('_')[0])``, camid fixed per folder."""
+    """Images ``<split>/<pid>/<pid>_*.<ext>``; pid = ``int(name.split('_')[0])``, camid from the folder."""
 
-    def parse_dir(self, folder: str, camid: int) -> List[Item]:
-        """Items of ``folder/<pid>/*`` with a fixed camid."""
+    #: camid of the images of a folder (occluded = query side, whole = gallery side)
+    folder_camids: ClassVar[Dict[str, int]] = {"occluded_body_images": 0, "whole_body_images": 1}
+
+    def parse_dir(self, folder: str) -> List[Item]:
+        """Items of ``folder/<pid>/*`` with the folder's camid."""
+        name = osp.basename(folder)
+        camid = self.folder_camids[toggle_resize(name) if name.endswith(RESIZE_SUFFIX) else name]
         items = []
         for path in list_images(folder, self.image_exts, depth=1):
             try:
@@ -273,44 +359,33 @@ class OccludedReID(_PidFolders):
 
     name = "occluded_reid"
     dir_candidates = ("Occluded_REID", "occluded_reid/Occluded_REID")
-    required_dirs = ("occluded_body_images", "whole_body_images")
+    split_dirs = {
+        "train": ("occluded_body_images", "whole_body_images"),  # the dummy: query + gallery
+        "query": ("occluded_body_images",),
+        "gallery": ("whole_body_images",),
+    }
     image_exts = (".tif", ".tiff", ".jpg", ".png")
     mask_levels = (2,)
     test_only = True
-
-    def _split_hint(self, split: str) -> str:
-        return self.split_dir("whole_body_images" if split == "gallery" else "occluded_body_images")
-
-    def load_splits(self) -> Tuple[List[Item], List[Item], List[Item]]:
-        query = self.parse_dir(self.split_dir("occluded_body_images"), camid=0)
-        gallery = self.parse_dir(self.split_dir("whole_body_images"), camid=1)
-        return relabel(query + gallery), query, gallery
 
 
 class PDukeMTMCreID(_PidFolders):
     """P-DukeMTMC-reID (12,927 / 2,163 / 9,053 images).
 
     ``train/{whole_body_images (camid 1), occluded_body_images (camid 0)}/<pid>/*.jpg``, query =
-    ``test/occluded_body_images`` (camid 0), gallery = ``test/whole_body_images`` (camid 1). Masks:
+    ``test/occluded_body_images`` (camid 0), gallery = ``test/whole_body_images`` (camid 1); all four
+    sub-folders are required. Masks:
     ``masks/<dir>/<train|test>[_resize]/<whole|occluded>_body_images/<stem>.npy``.
     """
 
     name = "p_dukemtmc_reid"
     dir_candidates = ("P-DukeMTMC-reID", "p_dukemtmc_reid/P-DukeMTMC-reID")
-    required_dirs = ("train", "test")
-    image_exts = (".jpg",)
+    split_dirs = {
+        "train": ("train/whole_body_images", "train/occluded_body_images"),
+        "query": ("test/occluded_body_images",),
+        "gallery": ("test/whole_body_images",),
+    }
     mask_levels = (3, 2)
-
-    def _split_hint(self, split: str) -> str:
-        return self.split_dir("train" if split == "train" else "test")
-
-    def load_splits(self) -> Tuple[List[Item], List[Item], List[Item]]:
-        train_dir, test_dir = self.split_dir("train"), self.split_dir("test")
-        train = self.parse_dir(osp.join(train_dir, "whole_body_images"), camid=1)
-        train += self.parse_dir(osp.join(train_dir, "occluded_body_images"), camid=0)
-        query = self.parse_dir(osp.join(test_dir, "occluded_body_images"), camid=0)
-        gallery = self.parse_dir(osp.join(test_dir, "whole_body_images"), camid=1)
-        return relabel(train), query, gallery
 
 
 class SyntheticOccluded(OccludedDuke):
@@ -319,34 +394,42 @@ class SyntheticOccluded(OccludedDuke):
     Args:
         root: generation root (``cfg.data.root``), unless ``cache_dir`` is set.
         cache_dir: generate under this folder instead of ``root``.
-        **kwargs: generator parameters of ``synthetic.ensure_synthetic_occluded`` (``num_ids``,
-            ``num_test_ids``, ``images_per_id``, ``height``, ``width``, ``seed``; the data manager passes
+        **kwargs: generator parameters (the keys of ``synthetic.DEFAULT_PARAMS``; the data manager passes
             ``cfg.profd.synthetic.*``, torchreid passes none so the generator defaults apply); the
             remaining kwargs go to :class:`ReIDDataset`.
     """
 
     name = "synthetic_occluded"
     dir_candidates = ("synthetic_occluded",)
-    GENERATOR_KEYS: ClassVar[Tuple[str, ...]] = (
-        "num_ids",
-        "num_test_ids",
-        "images_per_id",
-        "height",
-        "width",
-        "seed",
-    )
+
+    @classmethod
+    def ensure(cls, root: str = "", cache_dir: str = "", **kwargs) -> str:
+        """Generate the dataset unless an up-to-date copy exists; return its folder.
+
+        The constructor's first step, callable alone: in distributed runs the data manager's rank 0
+        calls it before any rank builds the dataset.
+
+        Args:
+            root, cache_dir: as the constructor.
+            **kwargs: constructor kwargs; the generator parameters among them are used, the rest ignored.
+
+        Raises:
+            DatasetError: a bad generator parameter.
+        """
+        from .synthetic import DEFAULT_PARAMS, ensure_synthetic_occluded
+
+        params = {k: v for k, v in kwargs.items() if k in DEFAULT_PARAMS}
+        try:
+            return ensure_synthetic_occluded(osp.abspath(osp.expanduser(cache_dir or root)), **params)
+        except ValueError as e:  # bad profd.synthetic.* value
+            raise DatasetError(f"dataset '{cls.name}': {e} (profd.synthetic.*)") from None
 
     def __init__(self, root: str = "", cache_dir: str = "", **kwargs) -> None:
-        from .synthetic import ensure_synthetic_occluded
+        from .synthetic import DEFAULT_PARAMS
 
-        params = {k: kwargs.pop(k) for k in self.GENERATOR_KEYS if k in kwargs}
-        gen_root = osp.abspath(osp.expanduser(cache_dir or root))
-        try:
-            folder = ensure_synthetic_occluded(gen_root, **params)
-        except ValueError as e:  # bad profd.synthetic.* value
-            raise DatasetError(f"dataset '{self.name}': {e} (profd.synthetic.*)") from None
-        self.dir_candidates = (osp.relpath(folder, gen_root),)  # where the generator put it
-        super().__init__(gen_root, **kwargs)
+        folder = self.ensure(root, cache_dir, **kwargs)
+        self.dir_candidates = (osp.basename(folder),)  # where the generator put it
+        super().__init__(osp.dirname(folder), **{k: v for k, v in kwargs.items() if k not in DEFAULT_PARAMS})
 
 
 #: registry name -> adapter class (registered with torchreid by ``builtin.register_datasets``)

@@ -1,8 +1,9 @@
-"""Sampling helpers of the data manager: rank-sharded P x K identity sampling and worker seeding.
+"""Rank-sharded P x K identity sampling for the data manager.
 
 ``ShardedIdentitySampler`` keeps torchreid's ``RandomIdentitySampler`` semantics (P identities x K
 instances per global batch) under distributed training: every rank draws the same full sequence and
-takes every ``world_size``-th identity group.
+takes every ``world_size``-th identity group. (Loader workers need no ``worker_init_fn``: torch seeds
+``random``, numpy and torch in each worker from the loader's ``generator``.)
 """
 
 from __future__ import annotations
@@ -14,14 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["ShardedIdentitySampler", "seed_worker"]
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from torch's per-worker seed."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
+__all__ = ["ShardedIdentitySampler"]
 
 
 class ShardedIdentitySampler(Sampler):

@@ -43,20 +43,18 @@ from .synthetic_draw import (  # noqa: F401  (re-exported: the occlusion spec)
 
 __all__ = [
     "generate_synthetic_occluded", "ensure_synthetic_occluded", "build_plan", "render_job", "ImageJob",
-    "Sample", "DATASET_FOLDER", "SPLIT_DIRS", "MASK_DIR", "MASK_SUFFIX", "MASK_STRIDE", "FORMAT_VERSION",
+    "Sample", "DATASET_FOLDER", "DEFAULT_PARAMS", "MASK_STRIDE", "FORMAT_VERSION",
 ]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3  # bump whenever the output changes, so ensure_synthetic_occluded regenerates
 DATASET_FOLDER = "synthetic_occluded"
-SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-MASK_DIR = os.path.join("masks", "pifpaf_maskrcnn_filtering")
-MASK_SUFFIX = ".confidence_fields.npy"  # appended to the full image file name, as in Occluded-Duke
 MASK_STRIDE = 8  # mask grid = image / 8 (256x128 -> 32x16), like the ~30x15 BPBReID files
 JPEG_QUALITY = 90
 NUM_CAMERAS = 8
 OCCLUDED_FRACTION = 0.1  # of train and of gallery images (every query image is occluded)
+#: the generator parameters and their defaults (= ``cfg.profd.synthetic.*``); the one list of their names
 DEFAULT_PARAMS = dict(num_ids=60, num_test_ids=40, images_per_id=8, height=256, width=128, seed=0)
 GROUP_SIZES = (3, 2, 1)  # sibling groups, cycled: base + upper twin + lower twin, then a pair, then a single
 _OUTFIT, _PLAN, _IMAGE, _CAMERA = 1, 2, 3, 4  # RNG stream tags
@@ -198,45 +196,53 @@ def _validate(params: dict) -> dict:
     return {name: int(params[name]) for name in DEFAULT_PARAMS}
 
 
-def generate_synthetic_occluded(
-    dataset_dir: str, *, num_ids: int = 60, num_test_ids: int = 40, images_per_id: int = 8, height: int = 256,
-    width: int = 128, seed: int = 0,
-) -> dict:
+def generate_synthetic_occluded(dataset_dir: str, **params: int) -> dict:
     """Write the whole dataset into ``dataset_dir`` (Occluded-Duke layout, masks, and ``meta.json`` last).
+
+    Folder and mask file names are those the ``synthetic_occluded`` adapter reads
+    (``datasets.SyntheticOccluded``: ``split_dirs``, ``mask_suffix``, ``masks_root``).
 
     Args:
         dataset_dir: output folder, created if needed; same-named files are overwritten, others are kept.
-        num_ids: train identities (at least 2).
-        num_test_ids: test identities, disjoint from the train ones (at least 2).
-        images_per_id: images per identity (at least 2).
-        height: image height, a multiple of 8.
-        width: image width, a multiple of 8.
-        seed: everything written is a deterministic function of these parameters.
+        **params: generator parameters (keyword only; missing ones take ``DEFAULT_PARAMS``):
+            ``num_ids`` train identities (at least 2); ``num_test_ids`` test identities, disjoint from the
+            train ones (at least 2); ``images_per_id`` images per identity (at least 2); ``height`` and
+            ``width`` image size, multiples of 8; ``seed``: everything written is a deterministic function
+            of the parameters.
 
     Returns:
         ``{split: {"ids": int, "images": int, "occluded": int}}`` for ``train``, ``query`` and ``gallery``.
+
+    Raises:
+        ValueError: an unknown or bad parameter, named.
     """
-    params = _validate(dict(num_ids=num_ids, num_test_ids=num_test_ids, images_per_id=images_per_id,
-                            height=height, width=width, seed=seed))
+    # not at module level: datasets.py subclasses torchreid's ImageDataset, the generator needs no torchreid
+    from .datasets import SPLITS, SyntheticOccluded, masks_root
+
+    params = _validate({**DEFAULT_PARAMS, **params})
+    height, width, seed = params["height"], params["width"], params["seed"]
     start = time.perf_counter()
-    outfits, jobs = build_plan(num_ids=num_ids, num_test_ids=num_test_ids, images_per_id=images_per_id,
-                               seed=seed)
-    for folder in SPLIT_DIRS.values():
+    outfits, jobs = build_plan(num_ids=params["num_ids"], num_test_ids=params["num_test_ids"],
+                               images_per_id=params["images_per_id"], seed=seed)
+    split_dirs = {split: SyntheticOccluded.split_dirs[split][0] for split in SPLITS}
+    mask_dir = masks_root(dataset_dir)
+    for folder in split_dirs.values():
         os.makedirs(os.path.join(dataset_dir, folder), exist_ok=True)
-        os.makedirs(os.path.join(dataset_dir, MASK_DIR, folder), exist_ok=True)
+        os.makedirs(os.path.join(mask_dir, folder), exist_ok=True)
     occlusions = {}
     for job in jobs:
         sample = render_job(job, outfits[job.pid], height=height, width=width, seed=seed)
-        folder = SPLIT_DIRS[job.split]
+        folder = split_dirs[job.split]
         image_path = os.path.join(dataset_dir, folder, job.filename)
         Image.fromarray(sample.image).save(image_path, quality=JPEG_QUALITY)
-        np.save(os.path.join(dataset_dir, MASK_DIR, folder, job.filename + MASK_SUFFIX), sample.fields)
+        mask_name = os.path.splitext(job.filename)[0] + SyntheticOccluded.mask_suffix
+        np.save(os.path.join(mask_dir, folder, mask_name), sample.fields)
         if job.occluded:
             occlusions[f"{folder}/{job.filename}"] = {"kind": sample.occluder_kind,
                                                       "coverage": round(sample.coverage, 4)}
     stats = {split: {"ids": len({j.pid for j in jobs if j.split == split}),
                      "images": sum(j.split == split for j in jobs),
-                     "occluded": sum(j.occluded for j in jobs if j.split == split)} for split in SPLIT_DIRS}
+                     "occluded": sum(j.occluded for j in jobs if j.split == split)} for split in SPLITS}
     meta = {"format_version": FORMAT_VERSION, "params": params, "stats": stats, "occlusions": occlusions,
             "identities": {f"{pid:04d}": outfits[pid] for pid in sorted(outfits)}}
     with open(os.path.join(dataset_dir, "meta.json"), "w") as f:
@@ -259,12 +265,14 @@ def ensure_synthetic_occluded(root: str, **params) -> str:
     """Return ``<root>/synthetic_occluded``, (re)generating it if missing or made with other parameters.
 
     The dataset is built in a temporary sibling folder that replaces the old one only once complete, so an
-    interrupted run never leaves a half-written dataset in place. Call it from the main process only
-    (concurrent calls are tolerated: the last complete copy wins).
+    interrupted run never leaves a half-written dataset in place. Call it from the main process only; in
+    distributed runs the data manager lets rank 0 call it first (concurrent calls are tolerated anyway: the
+    last complete copy wins).
 
     Args:
         root: folder that holds the dataset folder (``data.root``).
-        **params: keyword parameters of :func:`generate_synthetic_occluded`; missing ones take its defaults.
+        **params: generator parameters (see :func:`generate_synthetic_occluded`); missing ones take
+            ``DEFAULT_PARAMS``.
 
     Returns:
         The dataset folder.
