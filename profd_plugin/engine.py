@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import glob
 import logging
+import math
 import os.path as osp
 import random
 import time
@@ -97,13 +98,12 @@ class LoopMixin(EvaluationMixin):
             print(f'Checkpoint saved to "{path}"')
         return path
 
-    def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
-        """torchreid's hook, kept for host code paths that call it."""
-        self.save_checkpoint(epoch + 1, save_dir, rank1)
-
     def resume(self, path: str) -> int:
         """Restore model (with memory banks), optimizer, scheduler and scaler; returns the start epoch."""
         ckpt = load_checkpoint(path)
+        if ckpt.get("seed", self.seed) != self.seed:
+            logger.warning("resuming with train.seed %d, the run was started with %d: the continuation will "
+                           "not match an uninterrupted run", self.seed, ckpt["seed"])
         self.core_model.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
@@ -151,10 +151,10 @@ class LoopMixin(EvaluationMixin):
             self.writer = SummaryWriter(log_dir=save_dir)
         self.start_epoch, self.max_epoch = start_epoch, max_epoch
         time_start, rank1 = time.time(), 0.0
+        done = start_epoch  # epochs completed: the scheduler has stepped this many times
         print("=> Start training")
         try:
-            if start_epoch == 0:
-                self.before_training()
+            self.before_training()
             for self.epoch in range(start_epoch, max_epoch):
                 self.begin_epoch(self.epoch)
                 self.train(print_freq=print_freq, fixbase_epoch=fixbase_epoch, open_layers=open_layers)
@@ -164,12 +164,13 @@ class LoopMixin(EvaluationMixin):
                 if done % max(self.checkpoint_freq, 1) == 0 or done == max_epoch:
                     self.save_checkpoint(done, save_dir, rank1)
         except KeyboardInterrupt:
-            path = self.save_checkpoint(self.epoch, save_dir, rank1, suffix="-interrupted")
-            print(f"Interrupted during epoch {self.epoch + 1}; resume with model.resume {path}")
+            # mid-epoch: the weights so far with the scheduler at the epoch start (the epoch is re-run);
+            # after an epoch (during a test or a save): the completed epoch
+            path = self.save_checkpoint(done, save_dir, rank1, suffix="-interrupted")
+            print(f"Interrupted after {done} epoch(s); resume with model.resume {path}")
             raise
-        if max_epoch > start_epoch or max_epoch == 0:
-            print("=> Final test")
-            self._test_on_main(test_kw)
+        print("=> Final test")  # also when resuming a finished run: its results are reported again
+        self._test_on_main(test_kw)
         print(f"Elapsed {datetime.timedelta(seconds=round(time.time() - time_start))}")
         if self.writer is not None:
             self.writer.close()
@@ -231,26 +232,29 @@ class ProFDEngine(LoopMixin, Engine):
         print("=> Initialising memory banks from the training set")
         self.begin_epoch(-1)
         core.eval()
-        g_feats, p_feats, labels = [], [], []
+        chunks = []
         for data in self.train_loader:
             imgs, pids, masks, _ = self.parse_data_for_train(data)
             with self._autocast():
                 g, p = core.pooled_part_features(imgs, masks)
-            g_feats.append(all_gather_cat(g.float()))
-            p_feats.append(all_gather_cat(p.float()))
-            labels.append(all_gather_cat(pids))
-        labels = torch.cat(labels)
-        core.memory_global.initialize(torch.cat(g_feats), labels, normalize_first=True)
-        core.memory_parts.initialize(torch.cat(p_feats), labels, normalize_first=False)
+            chunks.append(all_gather_cat(torch.cat([g.float(), p.float(), pids.unsqueeze(1).float()], 1)))
+        packed, dim = torch.cat(chunks), core.memory_global.prototypes.shape[1]
+        labels = packed[:, -1].long()
+        core.memory_global.initialize(packed[:, :dim], labels, normalize_first=True)
+        core.memory_parts.initialize(packed[:, dim:-1], labels, normalize_first=False)
         core.train()
 
-    def _check_finite(self, losses: Dict[str, torch.Tensor]) -> None:
-        for name, value in losses.items():
-            if not torch.isfinite(value).all():
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {self.epoch + 1} step {self.batch_idx + 1}: "
-                    f"{name} = {value.item()}; lower train.lr, enable profd.train.grad_clip or check the data"
-                )
+    def _check_finite(self, values: Dict[str, float]) -> None:
+        """Stop every rank (the decision is all-reduced) before a step on a non-finite loss."""
+        bad = [name for name, v in values.items() if not math.isfinite(v)]
+        flag = torch.tensor([float(bool(bad))], device=self._device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            where = f"epoch {self.epoch + 1} step {self.batch_idx + 1}"
+            terms = ", ".join(f"{n} = {values[n]}" for n in bad) if bad else "on another rank"
+            raise NonFiniteLossError(f"non-finite loss at {where}: {terms}; lower train.lr, enable "
+                                     "profd.train.grad_clip or check the data")
 
     def forward_backward(self, data) -> Dict[str, float]:
         imgs, pids, masks, visibility = self.parse_data_for_train(data)
@@ -259,15 +263,18 @@ class ProFDEngine(LoopMixin, Engine):
             outputs = self.model(imgs)
             losses = self.criterion(outputs, pids, masks, visibility,
                                     memory_global=core.memory_global, memory_parts=core.memory_parts)
-        self._check_finite(losses)
         total = sum(losses.values())
+        # one device-to-host copy for the log and the guard
+        values = dict(zip([*losses, "loss"], torch.stack([*losses.values(), total]).detach().tolist()))
+        self._check_finite(values)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
-            self.scaler.unscale_(self.optimizer)
         else:
             total.backward()
         if self.grad_clip > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(core.parameters(), self.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -275,17 +282,20 @@ class ProFDEngine(LoopMixin, Engine):
         else:
             self.optimizer.step()
         self._update_memory(outputs, pids)
-        summary = {k: v.item() for k, v in losses.items()}
-        summary["loss"] = float(total.item())
-        return summary
+        return values
 
     @torch.no_grad()
     def _update_memory(self, outputs, pids: torch.Tensor) -> None:
-        core, labels = self.core_model, all_gather_cat(pids)
+        """Update the banks with this step's BNNeck features of every rank (one all-gather)."""
+        core, dim = self.core_model, outputs.global_bn.shape[1]
+        packed = torch.cat([outputs.global_bn.detach().float(), outputs.concat_bn.detach().float(),
+                            pids.unsqueeze(1).float()], dim=1)  # (N, D + K*D + 1)
+        packed = all_gather_cat(packed)
+        labels = packed[:, -1].long()
         if self.criterion.uses_memory_global:
-            core.memory_global.update(all_gather_cat(outputs.global_bn.detach().float()), labels)
+            core.memory_global.update(packed[:, :dim], labels)
         if self.criterion.uses_memory_parts:
-            core.memory_parts.update(all_gather_cat(outputs.concat_bn.detach().float()), labels)
+            core.memory_parts.update(packed[:, dim:-1], labels)
 
 
 class SoftmaxEngine(LoopMixin, ImageSoftmaxEngine):

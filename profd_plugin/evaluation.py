@@ -16,47 +16,29 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import fields
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .metrics import evaluate_rank, visibility_aware_distance
+from .metrics import evaluate_rank_host_compatible, visibility_aware_distance
 
 logger = logging.getLogger(__name__)
 
 REPORTED_RANKS = (1, 5, 10)
 
 
-def _cat_features(chunks: list) -> Any:
-    """Concatenate per-batch features (tensors or dataclasses of tensors) along the batch axis."""
-    first = chunks[0]
+def _map_fields(fn: Callable[..., Any], *feats: Any) -> Any:
+    """Apply ``fn`` to tensors, or field-wise to dataclasses of tensors (``None`` fields stay ``None``)."""
+    first = feats[0]
     if torch.is_tensor(first):
-        return torch.cat(chunks, 0)
+        return fn(*feats)
     values = {}
     for f in fields(first):
-        parts = [getattr(c, f.name) for c in chunks]
-        values[f.name] = torch.cat(parts, 0) if parts[0] is not None else None
+        items = [getattr(x, f.name) for x in feats]
+        values[f.name] = fn(*items) if torch.is_tensor(items[0]) else items[0]
     return type(first)(**values)
-
-
-def _to_cpu(feats: Any) -> Any:
-    if torch.is_tensor(feats):
-        return feats.float().cpu()
-    values = {f.name: getattr(feats, f.name) for f in fields(feats)}
-    return type(feats)(**{k: (v.float().cpu() if torch.is_tensor(v) else v) for k, v in values.items()})
-
-
-def _average(a: Any, b: Any) -> Any:
-    """Mean of two feature sets (flip test-time augmentation)."""
-    if torch.is_tensor(a):
-        return (a + b) / 2
-    values = {}
-    for f in fields(a):
-        x, y = getattr(a, f.name), getattr(b, f.name)
-        values[f.name] = (x + y) / 2 if torch.is_tensor(x) else x
-    return type(a)(**values)
 
 
 class EvaluationMixin:
@@ -67,16 +49,17 @@ class EvaluationMixin:
     """
 
     results: Dict[str, Dict[str, float]]
+    # evaluation options (``configure_eval``); the distance ones apply to ProFD embeddings only
+    eval_distance: str = "visibility"
+    eval_metric: str = "euclidean"
+    eval_chunk_size: int = 512
+    eval_flip: bool = False
+    eval_device: str = "auto"
 
-    def configure_eval(self, *, distance: str = "visibility", metric: str = "euclidean",
-                       chunk_size: int = 500, flip: bool = False, device: str = "auto",
-                       amp_dtype: Optional[torch.dtype] = None) -> None:
-        """ProFD-specific evaluation options (ignored for models that return plain tensors)."""
+    def configure_eval(self, *, distance: str, metric: str, chunk_size: int, flip: bool, device: str) -> None:
+        """Set the evaluation options (``cfg.profd.test.*``)."""
         self.eval_distance, self.eval_metric, self.eval_chunk_size = distance, metric, chunk_size
-        self.eval_flip, self.eval_device, self.eval_amp_dtype = flip, device, amp_dtype
-
-    def _eval_opt(self, name: str, default: Any) -> Any:
-        return getattr(self, name, default)
+        self.eval_flip, self.eval_device = flip, device
 
     @property
     def _device(self) -> torch.device:
@@ -112,18 +95,17 @@ class EvaluationMixin:
     def extract_dataset_features(self, loader) -> Tuple[Any, np.ndarray, np.ndarray]:
         """Run the model over a test loader; returns (features on CPU, pids, camids)."""
         feats, pids, camids = [], [], []
-        amp_dtype = self._eval_opt("eval_amp_dtype", None)
-        for data in loader:
+        for data in loader:  # fp32, as the official evaluation
             imgs, pid, camid = self.parse_data_for_eval(data)
             imgs = imgs.to(self._device, non_blocking=True)
-            with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None and self.use_gpu):
-                out = self.extract_features(imgs)
-                if self._eval_opt("eval_flip", False):
-                    out = _average(out, self.extract_features(torch.flip(imgs, dims=[3])))
-            feats.append(_to_cpu(out))
+            out = self.extract_features(imgs)
+            if self.eval_flip:
+                flipped = self.extract_features(torch.flip(imgs, dims=[3]))
+                out = _map_fields(lambda a, b: (a + b) / 2, out, flipped)
+            feats.append(_map_fields(lambda t: t.float().cpu(), out))
             pids.append(np.asarray(pid))
             camids.append(np.asarray(camid))
-        return _cat_features(feats), np.concatenate(pids), np.concatenate(camids)
+        return _map_fields(lambda *ts: torch.cat(ts, 0), *feats), np.concatenate(pids), np.concatenate(camids)
 
     def compute_distance(self, qf: Any, gf: Any, dist_metric: str, normalize_feature: bool) -> torch.Tensor:
         """Query x gallery distances for tensors (torchreid metric) or ProFD embeddings (Eq. 14)."""
@@ -133,13 +115,12 @@ class EvaluationMixin:
             if normalize_feature:
                 qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
             return host_metrics.compute_distance_matrix(qf, gf, dist_metric)
-        device = self._eval_opt("eval_device", "auto")
+        device = self.eval_device
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         distmat = visibility_aware_distance(
             qf.global_feat, qf.part_feats, qf.visibility, gf.global_feat, gf.part_feats, gf.visibility,
-            metric=self._eval_opt("eval_metric", "euclidean"),
-            mode=self._eval_opt("eval_distance", "visibility"),
-            chunk_size=self._eval_opt("eval_chunk_size", 500), device=torch.device(device),
+            metric=self.eval_metric, mode=self.eval_distance, chunk_size=self.eval_chunk_size,
+            device=torch.device(device),
         )
         return distmat.cpu()
 
@@ -161,12 +142,8 @@ class EvaluationMixin:
             distmat = torch.from_numpy(re_ranking(distmat.numpy(), distmat_qq.numpy(), distmat_gg.numpy()))
         distmat = distmat.numpy()
         t2 = time.time()
-        if use_metric_cuhk03:
-            from torchreid.reid.metrics import evaluate_rank as host_evaluate_rank
-
-            cmc, mAP = host_evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, use_metric_cuhk03=True)
-        else:
-            cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
+        cmc, mAP = evaluate_rank_host_compatible(distmat, q_pids, g_pids, q_camids, g_camids,
+                                                 use_metric_cuhk03=use_metric_cuhk03)
         t3 = time.time()
         row = {f"rank{r}": float(cmc[min(r, len(cmc)) - 1]) for r in REPORTED_RANKS}
         row["mAP"] = float(mAP)

@@ -27,7 +27,7 @@ import logging
 import os
 import os.path as osp
 import tempfile
-from typing import Any, Callable, Dict
+from typing import IO, Any, Callable, Dict
 
 import numpy as np
 import torch
@@ -41,17 +41,18 @@ _TRAINABLE_ATTR = "_profd_trainable_snapshot"
 TMP_PREFIX = ".tmp-"
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never half-written).
+def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) -> None:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, then ``os.replace`` it to ``path``.
 
-    A process killed mid-write leaves only a ``.tmp-*`` file, which :func:`remove_stale_temp_files` clears.
+    ``path`` is never half-written; a process killed mid-write leaves only a ``.tmp-*`` file, which
+    :func:`remove_stale_temp_files` clears, and an exception removes it.
     """
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,6 +60,11 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def remove_stale_temp_files(folder: str) -> int:
@@ -92,12 +98,12 @@ def load_checkpoint(fpath: str) -> dict:
     fpath = osp.abspath(osp.expanduser(fpath))
     if not osp.exists(fpath):
         raise FileNotFoundError(f'checkpoint not found: "{fpath}"')
-    map_location = None if torch.cuda.is_available() else "cpu"
+    # CPU first: load_state_dict copies to each model's device (no pile-up on cuda:0 under DDP)
     safe = getattr(torch.serialization, "safe_globals", None)
     if safe is None:  # torch < 2.5: weights_only defaults to False there
-        return torch.load(fpath, map_location=map_location)
+        return torch.load(fpath, map_location="cpu")
     with safe(_numpy_safe_globals()):
-        return torch.load(fpath, map_location=map_location, weights_only=True)
+        return torch.load(fpath, map_location="cpu", weights_only=True)
 
 
 def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:

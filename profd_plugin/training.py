@@ -11,7 +11,6 @@ import logging
 import os
 import os.path as osp
 import sys
-import tempfile
 import time
 from typing import Dict, Optional, TextIO
 
@@ -29,6 +28,7 @@ from .engine import (
     seed_everything,
     warmup_multi_step_lambda,
 )
+from .host import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +130,24 @@ def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
                               max_epoch=t.max_epoch)
 
 
-def build_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, use_gpu: bool):
-    common = dict(seed=cfg.train.seed, checkpoint_freq=cfg.profd.train.checkpoint_freq)
-    if cfg.model.name == PROFD:
-        from .losses import build_profd_criterion
+def build_criterion(cfg: CfgNode):
+    """The ProFD criterion (None for torchreid built-ins, whose engines bring their own losses)."""
+    if cfg.model.name != PROFD:
+        return None
+    from .losses import build_profd_criterion
 
-        engine = ProFDEngine(datamanager, model, build_profd_criterion(cfg), optimizer, scheduler,
-                             use_gpu=use_gpu, amp=cfg.profd.train.amp, grad_clip=cfg.profd.train.grad_clip,
+    return build_profd_criterion(cfg)
+
+
+def build_engine(cfg: CfgNode, datamanager, model, criterion, optimizer, scheduler, use_gpu: bool):
+    common = dict(seed=cfg.train.seed, checkpoint_freq=cfg.profd.train.checkpoint_freq)
+    if criterion is not None:
+        engine = ProFDEngine(datamanager, model, criterion, optimizer, scheduler, use_gpu=use_gpu,
+                             amp=cfg.profd.train.amp, grad_clip=cfg.profd.train.grad_clip,
                              memory_init=cfg.profd.train.memory_init, **common)
         t = cfg.profd.test
         engine.configure_eval(distance=t.distance, metric=t.metric, chunk_size=t.chunk_size, flip=t.flip,
-                              device=t.device, amp_dtype=engine.amp_dtype)
+                              device=t.device)
         return engine
     if cfg.loss.name == "softmax":
         return SoftmaxEngine(datamanager, model, optimizer=optimizer, scheduler=scheduler, use_gpu=use_gpu,
@@ -153,18 +160,12 @@ def build_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, use_gpu
     raise ValueError(f"loss.name must be softmax | triplet, got '{cfg.loss.name}'")
 
 
-def _may_have_unused_parameters(cfg: CfgNode) -> bool:
+def _may_have_unused_parameters(cfg: CfgNode, criterion) -> bool:
     """DDP must look for unused parameters when a loss term is off or an ablation drops a branch
     (the search costs a graph traversal per step, so it is off for the full recipe)."""
-    if cfg.model.name != PROFD:
+    if criterion is None:  # torchreid built-ins: unknown graphs
         return True
-    weights = [v for k, v in cfg.profd.loss.items() if k in LOSS_WEIGHT_KEYS]
-    ablation = cfg.profd.decoder.attention != "hybrid" or cfg.profd.prompt.learnable_background
-    return min(weights) == 0 or ablation
-
-
-LOSS_WEIGHT_KEYS = ("id_global", "triplet_global", "id_parts", "triplet_parts", "attention", "alignment",
-                    "diversity", "visibility", "pcl_global", "pcl_parts")
+    return min(criterion.weights.values()) == 0 or cfg.profd.decoder.attention != "hybrid"
 
 
 def engine_run_kwargs(cfg: CfgNode) -> dict:
@@ -186,12 +187,8 @@ def format_results(results: Dict[str, Dict[str, float]]) -> str:
 
 def write_results(results: Dict[str, Dict[str, float]], save_dir: str) -> str:
     """Atomically write ``save_dir/results.json`` (fractions in [0, 1])."""
-    os.makedirs(save_dir, exist_ok=True)
     path = osp.join(save_dir, "results.json")
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=save_dir)
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: json.dump(results, f, indent=2), binary=False)
     return path
 
 
@@ -213,11 +210,14 @@ def setup_engine(cfg: CfgNode):
     model = model.to(device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
+    criterion = build_criterion(cfg)
     if world > 1:
+        # broadcast_buffers=False: the memory banks are kept equal by all-gathered updates, and BN running
+        # statistics stay per rank (rank 0's are saved), as with the official nn.DataParallel
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if use_gpu else None,
-            find_unused_parameters=_may_have_unused_parameters(cfg))
-    engine = build_engine(cfg, datamanager, model, optimizer, scheduler, use_gpu)
+            model, device_ids=[device.index] if use_gpu else None, broadcast_buffers=False,
+            find_unused_parameters=_may_have_unused_parameters(cfg, criterion))
+    engine = build_engine(cfg, datamanager, model, criterion, optimizer, scheduler, use_gpu)
     kwargs = engine_run_kwargs(cfg)
     if cfg.model.resume:
         path = find_last_checkpoint(cfg.data.save_dir) if cfg.model.resume == "auto" else cfg.model.resume

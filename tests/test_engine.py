@@ -11,7 +11,7 @@ from conftest import tiny_run_opts
 
 from profd_plugin.config import setup_cfg
 from profd_plugin.engine import NonFiniteLossError, warmup_multi_step_lambda
-from profd_plugin.training import run_from_cfg
+from profd_plugin.training import run_from_cfg, setup_engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "profd_synthetic.yaml")
@@ -89,11 +89,16 @@ def test_non_finite_loss_stops_naming_step_and_term(synthetic_root, tmp_path, mo
 
 def test_frozen_text_encoder_stays_frozen_through_training(synthetic_root, tmp_path):
     save = str(tmp_path / "frozen")
-    run_from_cfg(_cfg(synthetic_root, save, **{"profd.prompt.train_text_encoder": False,
-                                               "train.max_epoch": 2, "profd.train.checkpoint_freq": 1}))
+    cfg = _cfg(synthetic_root, save, **{"profd.prompt.train_text_encoder": False, "train.max_epoch": 2,
+                                        "profd.train.checkpoint_freq": 1})
+    engine, kwargs = setup_engine(cfg)
+    engine.run(**kwargs)
+    text = engine.core_model.prompt_learner.text_encoder
+    # torchreid re-opens every layer at each epoch start; the host fix keeps the frozen ones frozen
+    assert all(not p.requires_grad and p.grad is None for p in text.parameters())
     a, b = _state(save, 1)["state_dict"], _state(save, 2)["state_dict"]
-    text = [k for k in a if k.startswith("prompt_learner.text_encoder.")]
-    assert text and all(torch.equal(a[k], b[k]) for k in text)
+    keys = [k for k in a if k.startswith("prompt_learner.text_encoder.")]
+    assert keys and all(torch.equal(a[k], b[k]) for k in keys)
     assert not torch.equal(a["prompt_learner.ctx"], b["prompt_learner.ctx"])  # prompts still learn
 
 
@@ -127,3 +132,15 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(synthetic_root, tmp_path):
     assert len(interrupted) == 1 and "model.resume" in out
     ckpt = torch.load(os.path.join(save, "model", interrupted[0]), weights_only=True)
     assert ckpt["epoch"] >= 1
+
+
+def test_torchrun_main_logs_and_writes_once(synthetic_root, tmp_path):
+    save = str(tmp_path / "torchrun")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+           MAIN, "--config-file", CONFIG, *tiny_run_opts(synthetic_root, save, **{"train.batch_size": 16})]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    logs = [n for n in os.listdir(save) if n.startswith("train.log")]
+    assert len(logs) == 1 and r.stdout.count("| synthetic_occluded") == 1  # rank 0 only
+    assert os.path.exists(os.path.join(save, "results.json"))

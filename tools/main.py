@@ -18,12 +18,13 @@ import time
 import traceback
 
 import torch
+import torch.distributed as dist
 
 import profd_plugin  # noqa: F401  (registers the plugin's datasets and the model 'profd' with torchreid)
 from profd_plugin.config import ConfigKeyError, setup_cfg
 from profd_plugin.data.datasets import DatasetError
 from profd_plugin.engine import NonFiniteLossError, is_main_process
-from profd_plugin.training import Tee, run_from_cfg
+from profd_plugin.training import Tee, init_distributed, run_from_cfg
 
 EXIT_CONFIG_ERROR = 2
 EXIT_RUNTIME_ERROR = 1
@@ -62,27 +63,33 @@ def main(argv=None) -> int:
         cfg = setup(args)
     except (ConfigKeyError, FileNotFoundError) as e:
         return _fail(e, EXIT_CONFIG_ERROR)
+    init_distributed(torch.cuda.is_available())  # before anything asks which rank this is
     log_name = "test.log" if cfg.test.evaluate else "train.log"
     log_path = osp.join(cfg.data.save_dir, f"{log_name}-{time.strftime('%Y-%m-%d-%H-%M-%S')}")
-    with Tee(log_path) if is_main_process() else contextlib.nullcontext() as tee:
-        _configure_logging()
-        try:
-            print(f"Config:\n{cfg}\n")
-            print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
-            run_from_cfg(cfg)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except USER_ERRORS as e:
-            if tee is not None:  # the log keeps the traceback; the console gets one line
-                tee.file.write(traceback.format_exc())
-            return _fail(e, EXIT_CONFIG_ERROR if isinstance(e, ConfigKeyError) else EXIT_RUNTIME_ERROR)
+    try:
+        with Tee(log_path) if is_main_process() else contextlib.nullcontext() as tee:
+            _configure_logging()
+            try:
+                print(f"Config:\n{cfg}\n")
+                print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
+                run_from_cfg(cfg)
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
+                return 130
+            except USER_ERRORS as e:  # one line on the console; the traceback in the log (stderr off rank 0)
+                (tee.file if tee is not None else sys.stderr).write(traceback.format_exc())
+                code = EXIT_CONFIG_ERROR if isinstance(e, ConfigKeyError) else EXIT_RUNTIME_ERROR
+                return _fail(e, code, log_path if tee is not None else None)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
-def _fail(e: BaseException, code: int) -> int:
+def _fail(e: BaseException, code: int, log_path: str = None) -> int:
     msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    print(f"error: {' '.join(msg.split())}", file=sys.stderr)
+    where = f" (traceback in {log_path})" if log_path else ""
+    print(f"error: {' '.join(msg.split())}{where}", file=sys.stderr)
     return code
 
 
