@@ -161,7 +161,8 @@ def add_profd_config(cfg: CN) -> CN:
     p.masks.patch_label_scale = 64.0  # patch labels M_p = softmax_c(scale x AvgPool(masks)) (Eq. 6)
 
     p.augment = CN()
-    p.augment.pad = 10  # random_crop: zero-pad this many pixels, then crop back (always applied)
+    p.augment.pad = 10  # random_crop: zero-pad this many pixels, then crop back
+    p.augment.crop_prob = 1.0  # random_crop probability (official: always applied; paper: 0.5)
     p.augment.erase_prob = 0.5  # random_erase probability (erased area becomes background)
     p.augment.erase_area = [0.02, 0.333]  # erased area fraction range
     p.augment.erase_ratio = [0.3, 3.33]  # aspect ratio range (log-uniform)

@@ -127,7 +127,7 @@ class LoopMixin(EvaluationMixin):
             sampler.set_epoch(epoch)
 
     def before_training(self) -> None:
-        """Hook run once before the first epoch of a fresh (not resumed) run."""
+        """Hook run once before the first epoch of every run (fresh or resumed)."""
 
     def run(self, save_dir: str = "log", max_epoch: int = 0, start_epoch: int = 0, print_freq: int = 10,
             fixbase_epoch: int = 0, open_layers=None, start_eval: int = 0, eval_freq: int = -1,

@@ -101,3 +101,20 @@ def test_all_names_build():
     t = build_train_transform(height=H, width=W, transforms=list(TRAIN_TRANSFORMS), **NORM)
     img, mask = t(*feature_pair())
     assert img.dtype == torch.float32 and mask.shape == (2, H, W)
+
+
+def test_crop_probability_switch():
+    """``profd.augment.crop_prob``: 1.0 always crops (official), 0 never does (the image is only resized)."""
+    import torch
+    from torchvision import tv_tensors
+
+    from profd_plugin.data.transforms import AugmentParams, build_train_transform
+
+    img = tv_tensors.Image(torch.arange(3 * 32 * 16, dtype=torch.uint8).reshape(3, 32, 16))
+    kw = dict(height=32, width=16, transforms=["random_crop"], norm_mean=[0.0] * 3, norm_std=[1.0] * 3)
+    never = build_train_transform(**kw, augment=AugmentParams(pad=4, crop_prob=0.0))
+    always = build_train_transform(**kw, augment=AugmentParams(pad=4, crop_prob=1.0))
+    plain = never(img)
+    outs = [always(img) for _ in range(8)]
+    assert all(torch.equal(never(img), plain) for _ in range(4))
+    assert any(not torch.equal(o, plain) for o in outs)

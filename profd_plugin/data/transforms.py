@@ -5,7 +5,8 @@ Train pipeline (official order, ``torchvision_transforms.py:170-199`` of Cuixxx/
 
 1. resize to ``(height, width)``: image bilinear (antialiased), mask bilinear;
 2. ``random_flip``: horizontal flip with ``flip_prob`` (left/right parts are not swapped, as official);
-3. ``random_crop``: zero-pad by ``pad`` then random crop back to size (always applied, as official);
+3. ``random_crop``: zero-pad by ``pad`` then random crop back to size (always applied by default, as
+   official; ``crop_prob`` 0.5 = paper);
 4. ``color_jitter``: with ``jitter_prob``, image only;
 5. to float in [0, 1] and normalise with ``norm_mean`` / ``norm_std`` (image only);
 6. ``random_erase``: timm-style (``erase_prob``, area range, log-uniform aspect ratio, per-pixel N(0, 1)
@@ -53,6 +54,7 @@ class AugmentParams:
 
     flip_prob: float = 0.5  # random_flip probability
     pad: int = 10  # random_crop: zero padding in pixels before cropping back to size
+    crop_prob: float = 1.0  # random_crop probability (official: always; paper: 0.5)
     jitter_prob: float = 0.5  # color_jitter probability
     brightness: float = 0.2
     contrast: float = 0.15
@@ -143,7 +145,8 @@ def build_train_transform(
     if "random_flip" in enabled:
         steps.append(v2.RandomHorizontalFlip(p=augment.flip_prob))
     if "random_crop" in enabled:
-        steps.append(v2.RandomCrop(size, padding=augment.pad, fill=0, padding_mode="constant"))
+        crop = v2.RandomCrop(size, padding=augment.pad, fill=0, padding_mode="constant")
+        steps.append(crop if augment.crop_prob >= 1 else v2.RandomApply([crop], p=augment.crop_prob))
     if "color_jitter" in enabled:
         jitter = v2.ColorJitter(
             brightness=augment.brightness,
