@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce docs/RESULTS.md on the synthetic occluded dataset (CPU is fine; ~25 minutes on 2 cores).
+# Reproduce docs/RESULTS.md on the synthetic occluded dataset (CPU is fine; ~35 minutes on 2 cores).
 # Every row is a tools/main.py run; the distance rows re-evaluate a trained checkpoint (--eval-only).
 # Usage: bash benchmarks/synthetic_results.sh [out_dir]
 set -euo pipefail
