@@ -45,7 +45,11 @@ def is_main_process() -> bool:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
+    """Seed python, numpy and torch (all devices).
+
+    Not torchreid's ``set_random_seed``: that passes the seed to numpy unchanged, which rejects the negative
+    seeds ``begin_epoch(-1)`` (the memory-init pass) produces for ``train.seed`` < 1000.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
