@@ -28,8 +28,10 @@ import torch
 import torch.distributed as dist
 from torchreid.reid.engine import Engine, ImageSoftmaxEngine, ImageTripletEngine
 
+from .distributed import get_rank, is_distributed, is_main_process
 from .evaluation import EvaluationMixin
 from .host import atomic_torch_save, load_checkpoint, remove_stale_temp_files
+from .losses import ProFDTargets
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +40,6 @@ CHECKPOINT_PREFIX = "model.pth.tar-"
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; training stops instead of corrupting the weights."""
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def seed_everything(seed: int) -> None:
@@ -53,15 +51,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank (identity without DDP). Same shape on every rank required."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out, 0)
 
 
 def find_last_checkpoint(save_dir: str) -> Optional[str]:
@@ -121,7 +110,7 @@ class LoopMixin(EvaluationMixin):
     def begin_epoch(self, epoch: int) -> None:
         """Seed every RNG from (seed, epoch, rank): the RNG state at an epoch start is reproducible, so a
         resumed run continues exactly without storing generator states."""
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        rank = get_rank()
         seed_everything(self.seed + 1000 * epoch + rank)
         loader = self.train_loader
         if getattr(loader, "generator", None) is not None:
@@ -183,7 +172,7 @@ class LoopMixin(EvaluationMixin):
 
     def _test_on_main(self, test_kw: dict) -> float:
         rank1 = self.test(**test_kw) if is_main_process() else 0.0
-        if dist.is_available() and dist.is_initialized():
+        if is_distributed():
             dist.barrier()
         return rank1
 
@@ -230,23 +219,22 @@ class ProFDEngine(LoopMixin, Engine):
     @torch.no_grad()
     def before_training(self) -> None:
         """Initialise the PCL memory banks (official: one eval-mode pass over the training loader)."""
-        core = self.core_model
-        if not self.memory_init or bool(core.memory_global.initialized):
+        memory = self.core_model.memory
+        if not self.memory_init or memory.initialized:
             return
         print("=> Initialising memory banks from the training set")
         self.begin_epoch(-1)
-        core.eval()
-        chunks = []
+        memory.initialize(self._pooled_features())
+        self.core_model.train()
+
+    def _pooled_features(self):
+        """``(global_bn, masked_concat_bn, pids)`` of every training batch (the banks' init pass)."""
+        core = self.core_model
         for data in self.train_loader:
             imgs, pids, masks, _ = self.parse_data_for_train(data)
             with self._autocast():
-                g, p = core.pooled_part_features(imgs, masks)
-            chunks.append(all_gather_cat(torch.cat([g.float(), p.float(), pids.unsqueeze(1).float()], 1)))
-        packed, dim = torch.cat(chunks), core.memory_global.prototypes.shape[1]
-        labels = packed[:, -1].long()
-        core.memory_global.initialize(packed[:, :dim], labels, normalize_first=True)
-        core.memory_parts.initialize(packed[:, dim:-1], labels, normalize_first=False)
-        core.train()
+                global_bn, parts_bn = core.pooled_part_features(imgs, masks)
+            yield global_bn, parts_bn, pids
 
     def _check_finite(self, values: Dict[str, float]) -> None:
         """Stop every rank (the decision is all-reduced) before a step on a non-finite loss."""
@@ -263,10 +251,12 @@ class ProFDEngine(LoopMixin, Engine):
     def forward_backward(self, data) -> Dict[str, float]:
         imgs, pids, masks, visibility = self.parse_data_for_train(data)
         core = self.core_model
+        targets = ProFDTargets(pids=pids, masks=masks, visibility=visibility,
+                               patch_labels=core.patch_labels(masks))
         with self._autocast():
             outputs = self.model(imgs)
-            losses = self.criterion(outputs, pids, masks, visibility,
-                                    memory_global=core.memory_global, memory_parts=core.memory_parts)
+            losses = self.criterion(outputs, targets)
+            losses.update(core.memory.losses(outputs.global_bn, outputs.concat_bn, pids))  # PCL terms last
         total = sum(losses.values())
         # one device-to-host copy for the log and the guard
         values = dict(zip([*losses, "loss"], torch.stack([*losses.values(), total]).detach().tolist()))
@@ -285,21 +275,8 @@ class ProFDEngine(LoopMixin, Engine):
             self.scaler.update()
         else:
             self.optimizer.step()
-        self._update_memory(outputs, pids)
+        core.memory.update(outputs.global_bn, outputs.concat_bn, pids)
         return values
-
-    @torch.no_grad()
-    def _update_memory(self, outputs, pids: torch.Tensor) -> None:
-        """Update the banks with this step's BNNeck features of every rank (one all-gather)."""
-        core, dim = self.core_model, outputs.global_bn.shape[1]
-        packed = torch.cat([outputs.global_bn.detach().float(), outputs.concat_bn.detach().float(),
-                            pids.unsqueeze(1).float()], dim=1)  # (N, D + K*D + 1)
-        packed = all_gather_cat(packed)
-        labels = packed[:, -1].long()
-        if self.criterion.uses_memory_global:
-            core.memory_global.update(packed[:, :dim], labels)
-        if self.criterion.uses_memory_parts:
-            core.memory_parts.update(packed[:, dim:-1], labels)
 
 
 class SoftmaxEngine(LoopMixin, ImageSoftmaxEngine):
@@ -336,5 +313,5 @@ def warmup_multi_step_lambda(milestones: Sequence[int], gamma: float, warmup_epo
 
 __all__ = [
     "ProFDEngine", "SoftmaxEngine", "TripletEngine", "NonFiniteLossError", "warmup_multi_step_lambda",
-    "find_last_checkpoint", "seed_everything", "is_main_process", "all_gather_cat",
+    "find_last_checkpoint", "seed_everything",
 ]

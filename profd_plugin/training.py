@@ -19,12 +19,12 @@ import torch.distributed as dist
 from tabulate import tabulate
 from yacs.config import CfgNode
 
+from .distributed import is_main_process
 from .engine import (
     ProFDEngine,
     SoftmaxEngine,
     TripletEngine,
     find_last_checkpoint,
-    is_main_process,
     seed_everything,
     warmup_multi_step_lambda,
 )

@@ -21,7 +21,8 @@ def main():
     report_results(cfg, results, 0.0)
     rank = dist.get_rank()
     model = engine.core_model
-    for name in ("memory_global.prototypes", "memory_parts.prototypes", "backbone.visual.conv1.weight"):
+    names = ("memory.bank_global.prototypes", "memory.bank_parts.prototypes", "backbone.visual.conv1.weight")
+    for name in names:
         t = model.state_dict()[name].contiguous()
         gathered = [torch.empty_like(t) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, t)

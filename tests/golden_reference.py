@@ -55,6 +55,11 @@ GRAD_NAMES = (
 )
 #: at most this many evenly spaced elements of a large tensor are recorded (plus its norm)
 MAX_ELEMENTS = 4096
+#: state names as they were when the values were recorded (the golden weights are a function of the name)
+RECORDED_NAMES = {
+    "memory.bank_global.prototypes": "memory_global.prototypes",
+    "memory.bank_parts.prototypes": "memory_parts.prototypes",
+}
 #: max |a - b| / max |b| allowed per tensor: loose enough for another CPU's kernels, tight enough to
 #: catch any change of formula
 RTOL = 1e-4
@@ -87,7 +92,7 @@ def set_golden_weights(model: torch.nn.Module) -> None:
     """Overwrite every floating-point parameter and buffer with :func:`_golden_value`."""
     for name, tensor in model.state_dict(keep_vars=True).items():
         if tensor.is_floating_point():
-            tensor.copy_(_golden_value(name, tensor))
+            tensor.copy_(_golden_value(RECORDED_NAMES.get(name, name), tensor))
 
 
 def golden_batch(image_size, num_parts: int):
@@ -127,7 +132,7 @@ def build(case: str):
 def run_step(cfg, model) -> Dict[str, torch.Tensor]:
     """Eval features, memory init, one train forward + losses + backward, one memory update, and the
     optimizer groups and LR schedule. The only function that uses the model's API."""
-    from profd_plugin.losses import build_profd_criterion
+    from profd_plugin.losses import ProFDTargets, build_profd_criterion
     from profd_plugin.training import build_optimizer, build_scheduler
 
     images, masks, vis, pids = golden_batch((cfg.data.height, cfg.data.width), model.num_parts)
@@ -143,10 +148,9 @@ def run_step(cfg, model) -> Dict[str, torch.Tensor]:
         g, p = model.pooled_part_features(images, masks)
     _record(out, "init.pooled_global", g)
     _record(out, "init.pooled_parts", p)
-    model.memory_global.initialize(g, pids, normalize_first=True)
-    model.memory_parts.initialize(p, pids, normalize_first=False)
-    _record(out, "memory_init.global", model.memory_global.prototypes)
-    _record(out, "memory_init.parts", model.memory_parts.prototypes)
+    model.memory.initialize([(g, p, pids)])
+    _record(out, "memory_init.global", model.memory.bank_global.prototypes)
+    _record(out, "memory_init.parts", model.memory.bank_parts.prototypes)
 
     model.train()
     torch.manual_seed(DROPOUT_SEED)
@@ -155,8 +159,9 @@ def run_step(cfg, model) -> Dict[str, torch.Tensor]:
                   "visibility_logits", "spa_attention", "alignment_scores"):
         _record(out, f"train.{field}", getattr(outputs, field))
     criterion = build_profd_criterion(cfg)
-    losses = criterion(outputs, pids, masks, vis, memory_global=model.memory_global,
-                       memory_parts=model.memory_parts)
+    targets = ProFDTargets(pids=pids, masks=masks, visibility=vis, patch_labels=model.patch_labels(masks))
+    losses = criterion(outputs, targets)
+    losses.update(model.memory.losses(outputs.global_bn, outputs.concat_bn, pids))
     total = sum(losses.values())
     for key, value in losses.items():
         out[f"loss.{key}"] = value.detach().reshape(1)
@@ -166,10 +171,9 @@ def run_step(cfg, model) -> Dict[str, torch.Tensor]:
     for name in GRAD_NAMES:
         _record(out, f"grad.{name}", params[name].grad)
 
-    model.memory_global.update(outputs.global_bn, pids)
-    model.memory_parts.update(outputs.concat_bn, pids)
-    _record(out, "memory_step.global", model.memory_global.prototypes)
-    _record(out, "memory_step.parts", model.memory_parts.prototypes)
+    model.memory.update(outputs.global_bn, outputs.concat_bn, pids)
+    _record(out, "memory_step.global", model.memory.bank_global.prototypes)
+    _record(out, "memory_step.parts", model.memory.bank_parts.prototypes)
 
     optimizer = build_optimizer(cfg, model)
     names = {id(p): n for n, p in model.named_parameters()}

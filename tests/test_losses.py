@@ -1,4 +1,4 @@
-"""Loss terms, patch targets and the criterion on synthetic tensors (invariants, no model)."""
+"""Loss terms, patch targets, memory banks and the criterion on synthetic tensors (invariants, no model)."""
 import dataclasses
 import math
 
@@ -7,17 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from profd_plugin.config import get_default_config
-from profd_plugin.losses import LOSS_KEYS, ProFDCriterion, build_profd_criterion
+from profd_plugin.losses import CRITERION_KEYS, LOSS_KEYS, ProFDCriterion, ProFDTargets, build_profd_criterion
 from profd_plugin.losses import functional as LF
-from profd_plugin.modeling.memory import PrototypeMemory
+from profd_plugin.losses.targets import alignment_labels, attention_targets
+from profd_plugin.modeling.memory import MemoryBanks, PrototypeMemory, prototype_contrastive_loss
 from profd_plugin.modeling.outputs import ProFDOutput
-from profd_plugin.modeling.targets import (
-    PatchLabeler,
-    alignment_labels,
-    attention_targets,
-    patch_labels,
-    weighted_average_pooling,
-)
+from profd_plugin.modeling.targets import patch_labels, weighted_average_pooling
 
 N, K, D, C = 8, 5, 16, 4
 GRID = (16, 8)
@@ -44,9 +39,7 @@ def test_patch_labels_match_official_avgpool_and_fallback():
     coarse = _masks(size=(32, 16))  # mask scale 8: kernel 2, stride 1.5 -> adaptive pooling
     got = patch_labels(coarse, **geometry)
     assert got.shape == (N, K + 1, 21, 10)
-    labeler = PatchLabeler(**geometry)
-    assert torch.equal(labeler(masks), patch_labels(masks, **geometry))
-    assert torch.equal(labeler(coarse), got)
+    assert torch.allclose(got, torch.softmax(64.0 * F.adaptive_avg_pool2d(coarse, (21, 10)), dim=1))
 
 
 def test_attention_targets_layout():
@@ -135,8 +128,8 @@ def test_focal_loss_matches_reference_formula():
 def test_pcl_lower_for_true_class():
     protos = F.normalize(torch.randn(C, D), dim=1)
     feats = protos[:2] * 5.0
-    true = LF.prototype_contrastive_loss(feats, protos, torch.tensor([0, 1]), 0.05)
-    wrong = LF.prototype_contrastive_loss(feats, protos, torch.tensor([2, 3]), 0.05)
+    true = prototype_contrastive_loss(feats, protos, torch.tensor([0, 1]), 0.05)
+    wrong = prototype_contrastive_loss(feats, protos, torch.tensor([2, 3]), 0.05)
     assert true < wrong
     memory = PrototypeMemory(C, D, temperature=0.05, momentum=0.2)
     memory.prototypes.copy_(protos)
@@ -211,6 +204,48 @@ def test_memory_mean_update():
     assert torch.allclose(memory.prototypes[0], expected)
 
 
+def test_memory_banks_own_init_loss_update_and_state(monkeypatch):
+    banks = MemoryBanks(C, D, K * D, temperature=0.05, momentum=0.2, weight_global=2.0, weight_parts=0.5)
+    assert set(banks.state_dict()) == {f"bank_{b}.{t}" for b in ("global", "parts")
+                                       for t in ("prototypes", "initialized")}
+    assert not banks.initialized
+    pids = torch.arange(C).repeat_interleave(N // C)
+    g, p = torch.randn(N, D), torch.randn(N, K * D)
+    assert banks.initialize([(g[:4], p[:4], pids[:4]), (g[4:], p[4:], pids[4:])]) == N  # chunks = one pass
+    assert banks.initialized
+    reference = PrototypeMemory(C, K * D)
+    reference.initialize(p, pids, normalize_first=False)
+    assert torch.allclose(banks.bank_parts.prototypes, reference.prototypes)
+    losses = banks.losses(g, p, pids)
+    assert tuple(losses) == MemoryBanks.KEYS == LOSS_KEYS[len(CRITERION_KEYS):]
+    assert torch.allclose(losses["loss_pcl_global"], 2.0 * banks.bank_global(g, pids))
+    assert torch.allclose(losses["loss_pcl_parts"], 0.5 * reference(p, pids))
+    before = banks.bank_parts.prototypes.clone()
+    banks.update(g, p, pids)
+    reference.update(p, pids)
+    assert torch.allclose(banks.bank_parts.prototypes, reference.prototypes)
+    assert not torch.allclose(before, reference.prototypes)
+    banks.reset()
+    assert not banks.initialized
+
+
+def test_memory_banks_with_zero_weight_skip_loss_and_update():
+    banks = MemoryBanks(C, D, K * D, weight_parts=0.0)
+    pids = torch.arange(C).repeat_interleave(N // C)
+    frozen = banks.bank_parts.prototypes.clone()
+    assert tuple(banks.losses(torch.randn(N, D), torch.randn(N, K * D), pids)) == ("loss_pcl_global",)
+    banks.update(torch.randn(N, D), torch.randn(N, K * D), pids)
+    assert torch.equal(banks.bank_parts.prototypes, frozen)
+
+
+def test_memory_banks_loss_is_fp32_under_autocast():
+    banks = MemoryBanks(C, D, K * D)
+    pids = torch.arange(C).repeat_interleave(N // C)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = banks.losses(torch.randn(N, D).bfloat16(), torch.randn(N, K * D).bfloat16(), pids)
+    assert all(v.dtype == torch.float32 for v in losses.values())
+
+
 # ------------------------------------------------------------------ criterion
 def _outputs(spa=True, has_foreground=True):
     g = torch.randn(N, D, requires_grad=True)
@@ -220,87 +255,90 @@ def _outputs(spa=True, has_foreground=True):
         global_feat=g, global_bn=g * 2, global_logits=torch.randn(N, C), part_feats=parts,
         concat_bn=parts.flatten(1) * 2, concat_logits=torch.randn(N, C), visibility_logits=torch.randn(N, K),
         spa_attention=torch.softmax(torch.randn(N, q, 128), -1) if spa else None,
-        alignment_scores=torch.randn(N, K + 1, *GRID),
-        patch_labeler=PatchLabeler(grid_size=GRID, image_size=(256, 128), patch_size=16, stride=16,
-                                   label_scale=64.0),
-        has_foreground=has_foreground)
+        alignment_scores=torch.randn(N, K + 1, *GRID))
 
 
-def _targets():
-    return torch.arange(C).repeat_interleave(N // C), _masks(), torch.rand(N, K + 1) > 0.3
+def _targets(label_scale=64.0):
+    masks = _masks()
+    labels = patch_labels(masks, grid_size=GRID, image_size=(256, 128), patch_size=16, stride=16,
+                          label_scale=label_scale)
+    return ProFDTargets(pids=torch.arange(C).repeat_interleave(N // C), masks=masks,
+                        visibility=torch.rand(N, K + 1) > 0.3, patch_labels=labels)
+
+
+def test_output_is_pure_data():
+    for field in dataclasses.fields(ProFDOutput):
+        value = getattr(_outputs(), field.name)
+        assert isinstance(value, torch.Tensor), field.name
 
 
 def test_criterion_keys_weights_and_omission(monkeypatch):
-    out, (pids, masks, vis) = _outputs(), _targets()
-    mem_g, mem_p = PrototypeMemory(C, D, temperature=0.05, momentum=0.2), PrototypeMemory(
-        C, K * D, temperature=0.05, momentum=0.2)
-    losses = ProFDCriterion()(out, pids, masks, vis, mem_g, mem_p)
-    assert tuple(losses) == LOSS_KEYS
+    out, targets = _outputs(), _targets()
+    losses = ProFDCriterion()(out, targets)
+    assert tuple(losses) == CRITERION_KEYS
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
-    doubled = ProFDCriterion(visibility=20.0)(out, pids, masks, vis, mem_g, mem_p)
+    doubled = ProFDCriterion(visibility=20.0)(out, targets)
     assert torch.allclose(doubled["loss_visibility"], 2 * losses["loss_visibility"])
 
     def boom(*args, **kwargs):
         raise AssertionError("a zero-weight term was computed")
 
     monkeypatch.setattr(LF, "diversity_loss", boom)
-    # PrototypeMemory.forward looks the PCL term up in modeling.memory (imported by name): patch it there.
-    monkeypatch.setattr("profd_plugin.modeling.memory.prototype_contrastive_loss", boom)
-    with pytest.raises(AssertionError, match="zero-weight"):  # the patches are live: active terms call them
-        ProFDCriterion(pcl_global=0.0, pcl_parts=0.0)(out, pids, masks, vis)
-    with pytest.raises(AssertionError, match="zero-weight"):
-        ProFDCriterion(diversity=0.0, pcl_parts=0.0)(out, pids, masks, vis, mem_g, mem_p)
-    with pytest.raises(AssertionError, match="zero-weight"):
-        ProFDCriterion(diversity=0.0, pcl_global=0.0)(out, pids, masks, vis, mem_g, mem_p)
-    zeroed = ProFDCriterion(diversity=0.0, pcl_global=0.0, pcl_parts=0.0)
-    partial = zeroed(out, pids, masks, vis, mem_g, mem_p)
-    assert "loss_diversity" not in partial and "loss_pcl_global" not in partial
-    assert "loss_pcl_parts" not in partial
+    with pytest.raises(AssertionError, match="zero-weight"):  # the patch is live: an active term calls it
+        ProFDCriterion()(out, targets)
+    partial = ProFDCriterion(diversity=0.0)(out, targets)
+    assert "loss_diversity" not in partial and len(partial) == len(CRITERION_KEYS) - 1
+    with pytest.raises(TypeError):
+        ProFDCriterion(pcl_global=1.0)  # the PCL weights belong to the memory banks
 
 
 def test_criterion_errors_and_no_foreground():
-    pids, masks, vis = _targets()
+    targets = _targets()
     with pytest.raises(ValueError, match="SPA"):
-        ProFDCriterion(pcl_global=0, pcl_parts=0)(_outputs(spa=False), pids, masks, vis)
-    with pytest.raises(ValueError, match="memory"):
-        ProFDCriterion()(_outputs(), pids, masks, vis)
-    losses = ProFDCriterion(pcl_global=0, pcl_parts=0)(_outputs(has_foreground=False), pids, masks, vis)
+        ProFDCriterion()(_outputs(spa=False), targets)
+    losses = ProFDCriterion()(_outputs(has_foreground=False), targets)
     assert math.isfinite(losses["loss_attention"].item())
+    bad = dataclasses.replace(_outputs(), spa_attention=torch.softmax(torch.randn(N, K + 3, 128), -1))
+    with pytest.raises(ValueError, match="queries"):
+        ProFDCriterion()(bad, targets)
 
 
-def test_criterion_patch_labels_come_from_the_output():
-    out, (pids, masks, vis) = _outputs(), _targets()
-    criterion = ProFDCriterion(pcl_global=0, pcl_parts=0)
+@pytest.mark.parametrize("has_foreground", [True, False])
+def test_criterion_mask_terms_use_the_given_patch_labels(has_foreground):
+    out = _outputs(has_foreground=has_foreground)
+    criterion = ProFDCriterion()
     with pytest.raises(TypeError):
         ProFDCriterion(patch_label_scale=64.0)  # the model owns M_p's scale, not the criterion
-    soft = dataclasses.replace(out, patch_labeler=dataclasses.replace(out.patch_labeler, label_scale=1.0))
-    sharp_losses, soft_losses = criterion(out, pids, masks, vis), criterion(soft, pids, masks, vis)
-    for output, losses in ((out, sharp_losses), (soft, soft_losses)):
-        labels = output.patch_labeler(masks)  # (N, K+1, h, w)
-        targets = attention_targets(labels, has_foreground=True, temperature=0.01)
-        ref_attention = LF.spatial_attention_loss(output.spa_attention, targets)
-        ref_alignment = 0.35 * LF.alignment_loss(output.alignment_scores,
+    sharp, soft = _targets(64.0), _targets(1.0)
+    soft = dataclasses.replace(soft, masks=sharp.masks, patch_labels=patch_labels(
+        sharp.masks, grid_size=GRID, image_size=(256, 128), patch_size=16, stride=16, label_scale=1.0))
+    results = {}
+    for name, targets in (("sharp", sharp), ("soft", soft)):
+        losses = criterion(out, targets)
+        labels, masks = targets.patch_labels, targets.masks
+        expected = attention_targets(labels, has_foreground=has_foreground, temperature=0.01)
+        ref_attention = LF.spatial_attention_loss(out.spa_attention, expected)
+        ref_alignment = 0.35 * LF.alignment_loss(out.alignment_scores,
                                                  alignment_labels(labels, tuple(masks.shape[-2:])), 0.1)
         assert torch.allclose(losses["loss_attention"], ref_attention)
         assert torch.allclose(losses["loss_alignment"], ref_alignment)
-    assert not torch.allclose(sharp_losses["loss_attention"], soft_losses["loss_attention"])
+        results[name] = losses["loss_attention"]
+    assert not torch.allclose(results["sharp"], results["soft"])
 
 
 def test_build_criterion_from_cfg_disables_attention_without_spa():
     cfg = get_default_config()
     criterion = build_profd_criterion(cfg)
-    assert criterion.weights["loss_alignment"] == 0.35 and criterion.uses_memory_global
+    assert criterion.weights["loss_alignment"] == 0.35 and criterion.weights["loss_visibility"] == 10.0
     cfg.profd.decoder.attention = "sea"
     assert build_profd_criterion(cfg).weights["loss_attention"] == 0.0
-    cfg.profd.loss.pcl_parts = 0.0
-    assert not build_profd_criterion(cfg).uses_memory_parts
 
 
 def test_criterion_runs_in_fp32_under_autocast():
-    out, (pids, masks, vis) = _outputs(), _targets()
+    out, targets = _outputs(), _targets()
     names = ("global_feat", "part_feats", "global_logits", "spa_attention")
     half = {name: getattr(out, name).bfloat16() for name in names}
     low = ProFDOutput(**{**out.__dict__, **half})
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = ProFDCriterion(pcl_global=0, pcl_parts=0)(low, pids, masks, vis)
+        losses = ProFDCriterion()(low, targets)
     assert all(v.dtype == torch.float32 for v in losses.values())

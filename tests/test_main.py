@@ -60,8 +60,8 @@ def test_profd_trains_one_epoch_and_evaluates(synthetic_root, tmp_path, capsys):
     assert run_main(*tiny_run_opts(synthetic_root, save)) == 0
     _check_results(save, capsys)
     ckpt = torch.load(os.path.join(save, "model", "model.pth.tar-1"), weights_only=True)
-    assert bool(ckpt["state_dict"]["memory_global.initialized"])  # banks are checkpointed
-    assert bool(ckpt["state_dict"]["memory_parts.initialized"])
+    assert bool(ckpt["state_dict"]["memory.bank_global.initialized"])  # banks are checkpointed
+    assert bool(ckpt["state_dict"]["memory.bank_parts.initialized"])
     assert ckpt["optimizer"]["state"] and ckpt["scheduler"] is not None
 
 

@@ -5,7 +5,7 @@ from open_clip.tokenizer import SimpleTokenizer
 
 from profd_plugin.config import get_default_config
 from profd_plugin.data.masks import part_names
-from profd_plugin.losses import ProFDCriterion
+from profd_plugin.losses import ProFDCriterion, ProFDTargets
 from profd_plugin.modeling import (
     ProFD,
     ProFDEmbeddings,
@@ -17,7 +17,7 @@ from profd_plugin.modeling import (
 from profd_plugin.modeling.clip_backbone import TINY_CLIP_CONFIG
 from profd_plugin.modeling.decoder import HybridAttentionDecoder, HybridAttentionLayer
 from profd_plugin.modeling.heads import visibility_scores
-from profd_plugin.modeling.targets import PatchLabeler, weighted_average_pooling
+from profd_plugin.modeling.targets import patch_labels, weighted_average_pooling
 
 N, C = 8, 4
 PARTS = part_names("five_v")
@@ -48,7 +48,8 @@ def train_step(model: ProFD, criterion: ProFDCriterion = None, image_size=(128, 
     model.train()
     out = model(images, masks)
     criterion = criterion or ProFDCriterion()
-    losses = criterion(out, pids, masks, vis, model.memory_global, model.memory_parts)
+    targets = ProFDTargets(pids=pids, masks=masks, visibility=vis, patch_labels=model.patch_labels(masks))
+    losses = {**criterion(out, targets), **model.memory.losses(out.global_bn, out.concat_bn, pids)}
     sum(losses.values()).backward()
     return out, losses
 
@@ -63,12 +64,11 @@ def test_train_output_shapes():
     assert out.visibility_logits.shape == (N, K)
     assert out.spa_attention.shape == (N, K + 2, 8 * 4)
     assert out.alignment_scores.shape == (N, K + 1, 8, 4)
-    labeler = out.patch_labeler
-    assert labeler.grid_size == (8, 4) and labeler.patch_size == 16 and labeler.stride == 16
-    expected = PatchLabeler(grid_size=(8, 4), image_size=(128, 64), patch_size=16, stride=16,
+    masks = batch()[1]
+    expected = patch_labels(masks, grid_size=(8, 4), image_size=(128, 64), patch_size=16, stride=16,
                             label_scale=64.0)
-    assert labeler == model.patch_labeler == expected
-    assert all(torch.isfinite(v) for v in losses.values())
+    assert torch.equal(model.patch_labels(masks), expected)  # the backbone's geometry and M_p's scale
+    assert len(losses) == 10 and all(torch.isfinite(v) for v in losses.values())
 
 
 def test_eval_embeddings_shapes():
@@ -186,19 +186,20 @@ def test_stride12_full_resolution():
 def test_pooled_part_features_for_memory_init():
     model = make_model(patch_label_scale=8.0).train()
     images, masks, pids, _ = batch()
-    labeler = model(images, masks).patch_labeler  # what the criterion gets (this updates BN statistics)
-    assert labeler.label_scale == 8.0
+    labels = model.patch_labels(masks)  # what the criterion gets
+    assert torch.allclose(labels, torch.softmax(8.0 * torch.nn.functional.avg_pool2d(masks, 4), dim=1))
+    model(images)  # a train forward (updates BN statistics) before the init pass
     global_bn, concat_bn = model.pooled_part_features(images, masks)
     assert global_bn.shape == (N, D) and concat_bn.shape == (N, K * D) and model.training
     # The init pass pools with the same M_p the criterion gets through the train output.
     model.eval()
     with torch.no_grad():
         _, patches = model.backbone(images)  # (N, L, D)
-        ref = model.bnneck_concat(weighted_average_pooling(patches, labeler(masks)[:, 1:]).flatten(1))
+        ref = model.bnneck_concat(weighted_average_pooling(patches, labels[:, 1:]).flatten(1))
     model.train()
     assert torch.allclose(concat_bn, ref, atol=1e-5)
-    model.memory_parts.initialize(concat_bn, pids, normalize_first=False)
-    assert bool(model.memory_parts.initialized)
+    model.memory.initialize([(global_bn, concat_bn, pids)])
+    assert model.memory.initialized
 
 
 @pytest.mark.parametrize("no_decay", [True, False])

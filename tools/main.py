@@ -23,7 +23,8 @@ import torch.distributed as dist
 import profd_plugin  # noqa: F401  (registers the plugin's datasets and the model 'profd' with torchreid)
 from profd_plugin.config import ConfigKeyError, setup_cfg
 from profd_plugin.data.datasets import DatasetError
-from profd_plugin.engine import NonFiniteLossError, is_main_process
+from profd_plugin.distributed import is_main_process
+from profd_plugin.engine import NonFiniteLossError
 from profd_plugin.training import Tee, init_distributed, run_from_cfg
 
 EXIT_CONFIG_ERROR = 2

@@ -24,7 +24,16 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 import torch
 from torchreid.reid.data.datasets.dataset import ImageDataset
 
+from .layout import (
+    DEFAULT_MASKS_DIR,
+    MARKET_SPLIT_DIRS,
+    OCCLUDED_DUKE_MASK_SUFFIX,
+    RESIZE_SUFFIX,
+    SPLITS,
+    masks_root,
+)
 from .masks import MalformedMaskError, load_part_masks
+from .synthetic import DEFAULT_PARAMS, ensure_synthetic_occluded
 
 __all__ = [
     "DatasetError",
@@ -45,9 +54,6 @@ __all__ = [
 
 Item = Tuple[str, int, int]  # (img_path, pid, camid)
 
-SPLITS: Tuple[str, ...] = ("train", "query", "gallery")
-DEFAULT_MASKS_DIR = "pifpaf_maskrcnn_filtering"
-RESIZE_SUFFIX = "_resize"
 PID_CAMID = re.compile(r"([-\d]+)_c(\d)")  # Market/Duke file names: <pid>_c<cam>...
 HELP = "see docs/DATASETS.md for the layout; masks: tools/download_masks.py"
 
@@ -77,11 +83,6 @@ def relabel(items: List[Item]) -> List[Item]:
 def toggle_resize(name: str) -> str:
     """``x_resize`` <-> ``x``."""
     return name[: -len(RESIZE_SUFFIX)] if name.endswith(RESIZE_SUFFIX) else name + RESIZE_SUFFIX
-
-
-def masks_root(dataset_dir: str, masks_dir: str = DEFAULT_MASKS_DIR) -> str:
-    """``<dataset dir>/masks/<masks_dir>``: the folder that mirrors a dataset's image folders."""
-    return osp.join(dataset_dir, "masks", masks_dir)
 
 
 def split_counts(dataset: Any) -> Dict[str, Tuple[int, int]]:
@@ -272,7 +273,7 @@ class ReIDDataset(ImageDataset):
 class _MarketLike(ReIDDataset):
     """``bounding_box_train`` / ``query`` / ``bounding_box_test`` with ``<pid>_c<cam>`` file names."""
 
-    split_dirs = {"train": ("bounding_box_train",), "query": ("query",), "gallery": ("bounding_box_test",)}
+    split_dirs = MARKET_SPLIT_DIRS
 
     def parse_dir(self, folder: str) -> List[Item]:
         """Items of one folder: pid/camid from ``([-\\d]+)_c(\\d)``, pid -1 dropped, camid 0-based."""
@@ -326,7 +327,7 @@ class OccludedDuke(_MarketLike):
 
     name = "occluded_duke"
     dir_candidates = ("Occluded_Duke", "occluded_duke/Occluded_Duke")
-    mask_suffix = ".jpg.confidence_fields.npy"
+    mask_suffix = OCCLUDED_DUKE_MASK_SUFFIX
 
 
 class _PidFolders(ReIDDataset):
@@ -416,8 +417,6 @@ class SyntheticOccluded(OccludedDuke):
         Raises:
             DatasetError: a bad generator parameter.
         """
-        from .synthetic import DEFAULT_PARAMS, ensure_synthetic_occluded
-
         params = {k: v for k, v in kwargs.items() if k in DEFAULT_PARAMS}
         try:
             return ensure_synthetic_occluded(osp.abspath(osp.expanduser(cache_dir or root)), **params)
@@ -425,8 +424,6 @@ class SyntheticOccluded(OccludedDuke):
             raise DatasetError(f"dataset '{cls.name}': {e} (profd.synthetic.*)") from None
 
     def __init__(self, root: str = "", cache_dir: str = "", **kwargs) -> None:
-        from .synthetic import DEFAULT_PARAMS
-
         folder = self.ensure(root, cache_dir, **kwargs)
         self.dir_candidates = (osp.basename(folder),)  # where the generator put it
         super().__init__(osp.dirname(folder), **{k: v for k, v in kwargs.items() if k not in DEFAULT_PARAMS})

@@ -25,6 +25,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image
 
+from .layout import MARKET_SPLIT_DIRS, OCCLUDED_DUKE_MASK_SUFFIX, SPLITS, masks_root
 from .synthetic_draw import (  # noqa: F401  (re-exported: the occlusion spec)
     COVERAGE_RANGE,
     OCCLUDER_KINDS,
@@ -200,7 +201,7 @@ def generate_synthetic_occluded(dataset_dir: str, **params: int) -> dict:
     """Write the whole dataset into ``dataset_dir`` (Occluded-Duke layout, masks, and ``meta.json`` last).
 
     Folder and mask file names are those the ``synthetic_occluded`` adapter reads
-    (``datasets.SyntheticOccluded``: ``split_dirs``, ``mask_suffix``, ``masks_root``).
+    (the Occluded-Duke layout of ``layout.py``, which ``datasets.SyntheticOccluded`` inherits).
 
     Args:
         dataset_dir: output folder, created if needed; same-named files are overwritten, others are kept.
@@ -216,15 +217,12 @@ def generate_synthetic_occluded(dataset_dir: str, **params: int) -> dict:
     Raises:
         ValueError: an unknown or bad parameter, named.
     """
-    # not at module level: datasets.py subclasses torchreid's ImageDataset, the generator needs no torchreid
-    from .datasets import SPLITS, SyntheticOccluded, masks_root
-
     params = _validate({**DEFAULT_PARAMS, **params})
     height, width, seed = params["height"], params["width"], params["seed"]
     start = time.perf_counter()
     outfits, jobs = build_plan(num_ids=params["num_ids"], num_test_ids=params["num_test_ids"],
                                images_per_id=params["images_per_id"], seed=seed)
-    split_dirs = {split: SyntheticOccluded.split_dirs[split][0] for split in SPLITS}
+    split_dirs = {split: MARKET_SPLIT_DIRS[split][0] for split in SPLITS}
     mask_dir = masks_root(dataset_dir)
     for folder in split_dirs.values():
         os.makedirs(os.path.join(dataset_dir, folder), exist_ok=True)
@@ -235,7 +233,7 @@ def generate_synthetic_occluded(dataset_dir: str, **params: int) -> dict:
         folder = split_dirs[job.split]
         image_path = os.path.join(dataset_dir, folder, job.filename)
         Image.fromarray(sample.image).save(image_path, quality=JPEG_QUALITY)
-        mask_name = os.path.splitext(job.filename)[0] + SyntheticOccluded.mask_suffix
+        mask_name = os.path.splitext(job.filename)[0] + OCCLUDED_DUKE_MASK_SUFFIX
         np.save(os.path.join(mask_dir, folder, mask_name), sample.fields)
         if job.occluded:
             occlusions[f"{folder}/{job.filename}"] = {"kind": sample.occluder_kind,

@@ -1,9 +1,9 @@
-"""ProFD loss terms as pure functions (paper Eq. 6, 9, 12, 13, 16, 18, 19; official section 2).
+"""ProFD loss terms as pure functions (paper Eq. 6, 9, 12, 13, 19).
 
 Official code (Cuixxx/ProFD): ``losses/cross_entropy_loss.py`` (label-smoothed ID), ``losses/
 part_averaged_triplet_loss.py`` (batch-hard triplet), ``engine/image/part_based_engine.py:157-182``
 (attention / alignment), ``losses/dissimilar_loss.py`` (diversity), ``losses/focal_loss.py``
-(visibility), ``losses/ClusterMemoryAMP.py`` (PCL).
+(visibility). The PCL terms (Eq. 16, 18) belong to the memory banks (``modeling/memory.py``).
 
 Shape shorthand:
     N: batch size
@@ -19,8 +19,7 @@ from torch import Tensor
 
 __all__ = [
     "identity_loss", "euclidean_distance", "batch_hard_triplet_loss", "spatial_attention_loss",
-    "alignment_loss", "diversity_loss", "focal_visibility_loss", "prototype_contrastive_loss",
-    "DIVERSITY_MODES",
+    "alignment_loss", "diversity_loss", "focal_visibility_loss", "DIVERSITY_MODES",
 ]
 
 #: Guard of the Euclidean distance's square root (its gradient is infinite at 0).
@@ -123,14 +122,3 @@ def focal_visibility_loss(logits: Tensor, targets: Tensor, alpha: float, gamma: 
     pos = -alpha * torch.sigmoid(-logits).pow(gamma) * F.logsigmoid(logits)  # (N, K)
     neg = -(1.0 - alpha) * torch.sigmoid(logits).pow(gamma) * F.logsigmoid(-logits)  # (N, K)
     return (y * pos + (1.0 - y) * neg).mean()
-
-
-def prototype_contrastive_loss(features: Tensor, prototypes: Tensor, labels: Tensor,
-                               temperature: float) -> Tensor:
-    """PCL (Eq. 16 / 18): CE(normalize(features) K^T / tau, labels); the prototypes are a constant.
-
-    Args:
-        features: (N, D). prototypes: (C, D) unit vectors. labels: (N,). temperature: tau (0.05).
-    """
-    logits = F.normalize(features, dim=1) @ prototypes.detach().to(features.dtype).t() / temperature  # (N, C)
-    return F.cross_entropy(logits, labels)

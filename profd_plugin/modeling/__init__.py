@@ -2,19 +2,20 @@
 
 Public API: :func:`build_profd_model` (cfg -> model), :func:`profd_torchreid_factory` (torchreid
 factory), :class:`ProFD`, its outputs
-:class:`ProFDOutput` / :class:`ProFDEmbeddings`, and :class:`PrototypeMemory`.
+:class:`ProFDOutput` / :class:`ProFDEmbeddings`, and the memory banks :class:`MemoryBanks`.
 """
 from .build import ProFDTorchreidAdapter, build_profd_model, profd_torchreid_factory, torchreid_embedding
 from .clip_backbone import ClipVisualBackbone, convert_clip_state_dict, create_clip, resize_pos_embed
 from .decoder import HybridAttentionDecoder
-from .memory import PrototypeMemory
+from .memory import MemoryBanks, PrototypeMemory
 from .outputs import ProFDEmbeddings, ProFDOutput
 from .profd import ProFD
 from .prompts import PartPromptLearner
 
 __all__ = [
     "build_profd_model", "profd_torchreid_factory", "ProFDTorchreidAdapter",
-    "torchreid_embedding", "ProFD", "ProFDOutput", "ProFDEmbeddings", "PrototypeMemory", "ClipVisualBackbone",
+    "torchreid_embedding", "ProFD", "ProFDOutput", "ProFDEmbeddings", "MemoryBanks", "PrototypeMemory",
+    "ClipVisualBackbone",
     "create_clip", "convert_clip_state_dict", "resize_pos_embed", "HybridAttentionDecoder",
     "PartPromptLearner",
 ]

@@ -1,9 +1,9 @@
 """Model builders: where ``cfg.profd.*`` becomes the model's constructor keyword arguments.
 
-(The criterion's cfg mapping is ``losses.criterion.build_profd_criterion``, kept next to its class so
-that ``modeling`` never imports ``losses`` at module level. ``profd.masks.patch_label_scale`` is read
-here only: the model owns the patch labels M_p and hands them to the criterion through
-``ProFDOutput.patch_labeler``.)
+(The criterion's cfg mapping is ``losses.criterion.build_profd_criterion``, kept next to its class:
+``modeling`` and ``losses`` never import each other. ``profd.masks.patch_label_scale`` is read here only:
+the model owns the patch labels M_p (``ProFD.patch_labels``); ``profd.loss.pcl_*`` are read here too,
+because the memory banks that compute the PCL terms are model state.)
 
 - :func:`build_profd_model` (the rich path used by ``tools/main.py``),
 - :func:`profd_torchreid_factory`, a torchreid model factory (``model.name=profd`` inside torchreid's own
@@ -46,7 +46,8 @@ def model_kwargs(cfg: CfgNode) -> Dict[str, Any]:
         alignment_logit_scale=p.loss.alignment_logit_scale, patch_label_scale=p.masks.patch_label_scale,
         visibility_mode=p.visibility.test_mode, visibility_temperature=p.visibility.temperature,
         visibility_threshold=p.visibility.threshold, pcl_temperature=p.loss.pcl_temperature,
-        pcl_momentum=p.loss.pcl_momentum, pcl_update=p.loss.pcl_update,
+        pcl_momentum=p.loss.pcl_momentum, pcl_update=p.loss.pcl_update, pcl_global=p.loss.pcl_global,
+        pcl_parts=p.loss.pcl_parts,
     )
 
 

@@ -1,35 +1,50 @@
 """Prototype memory banks for general knowledge preservation (paper Sec. 4.3, Eq. 15-18).
 
 Official code: ``ClusterMemoryAMP(temp=0.05, momentum=0.2, use_hard=True)`` (Cuixxx/ProFD
-``losses/ClusterMemoryAMP.py``). Two banks: K_g on the BNNeck global feature (D) and K_p on the
-BNNeck concatenated parts (K*D). The loss is CE(normalize(x) K^T / tau, y) with K a constant; the
-update (``CM_Hard``) moves each identity's prototype towards its HARDEST sample of the batch (lowest
-cosine to the prototype): K[y] <- m K[y] + (1 - m) z_hard, then renormalises.
+``losses/ClusterMemoryAMP.py``), initialised in the engine (``part_based_engine.py:86-109``) and used in
+its loss (``part_based_engine.py:184-199``). Two banks: K_g on the BNNeck global feature (D) and K_p on
+the BNNeck concatenated parts (K*D). The loss is CE(normalize(x) K^T / tau, y) with K a constant; the
+update (``CM_Hard``, ``ClusterMemoryAMP.py:84-118``) moves each identity's prototype towards its HARDEST
+sample of the batch (lowest cosine to the prototype): K[y] <- m K[y] + (1 - m) z_hard, then renormalises.
 
-Unlike the official plain tensors, prototypes are module buffers (with an ``initialized`` flag) so
-checkpoints carry them. The engine runs the init pass and calls :meth:`PrototypeMemory.update` after
-the loss (with features gathered across ranks under DDP).
+:class:`MemoryBanks` is the one owner of this state: the initialisation pass (fed the model's
+mask-pooled features), the weighted PCL loss terms, the momentum update, DDP synchronisation (features of
+every rank are all-gathered, so the banks stay identical on every rank) and checkpointing (the
+prototypes are module buffers; unlike the official plain tensors, checkpoints carry them).
 
 Shape shorthand:
     N: batch size
     C: number of identities
-    D: feature width of the bank (D for the global bank, K*D for the part bank)
+    D: feature width of a bank (D for the global bank, K*D for the part bank)
 """
 from __future__ import annotations
+
+from typing import Dict, Iterable, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses.functional import prototype_contrastive_loss
+from ..distributed import all_gather_cat
 
-__all__ = ["PrototypeMemory", "MEMORY_UPDATE_MODES"]
+__all__ = ["PrototypeMemory", "MemoryBanks", "MEMORY_UPDATE_MODES", "prototype_contrastive_loss"]
 
 MEMORY_UPDATE_MODES = ("hard", "mean")
 
 
+def prototype_contrastive_loss(features: Tensor, prototypes: Tensor, labels: Tensor,
+                               temperature: float) -> Tensor:
+    """PCL (Eq. 16 / 18): CE(normalize(features) K^T / tau, labels); the prototypes are a constant.
+
+    Args:
+        features: (N, D). prototypes: (C, D) unit vectors. labels: (N,). temperature: tau (0.05).
+    """
+    logits = F.normalize(features, dim=1) @ prototypes.detach().to(features.dtype).t() / temperature  # (N, C)
+    return F.cross_entropy(logits, labels)
+
+
 class PrototypeMemory(nn.Module):
-    """Per-identity unit-norm prototypes with a PCL loss and a momentum update.
+    """One bank: per-identity unit-norm prototypes with a PCL loss and a momentum update.
 
     Args:
         num_classes: C.
@@ -44,7 +59,7 @@ class PrototypeMemory(nn.Module):
         initialized: bool scalar, True after :meth:`initialize`.
     """
 
-    def __init__(self, num_classes: int, dim: int, *, temperature: float, momentum: float,
+    def __init__(self, num_classes: int, dim: int, *, temperature: float = 0.05, momentum: float = 0.2,
                  update: str = "hard") -> None:
         super().__init__()
         if update not in MEMORY_UPDATE_MODES:
@@ -78,15 +93,7 @@ class PrototypeMemory(nn.Module):
         self.initialized.fill_(True)
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        """PCL loss (Eq. 16 / 18): CE(normalize(features) K^T / tau, labels), K treated as a constant.
-
-        Args:
-            features: (N, D) features.
-            labels: (N,) identities.
-
-        Returns:
-            Scalar loss.
-        """
+        """PCL loss (Eq. 16 / 18) of ``features`` (N, D) with identities ``labels`` (N,): a scalar."""
         return prototype_contrastive_loss(features, self.prototypes, labels, self.temperature)
 
     @torch.no_grad()
@@ -98,7 +105,7 @@ class PrototypeMemory(nn.Module):
         (``mean``) of the L2-normalised features. All identities are updated at once (no Python loop).
 
         Args:
-            features: (N, D) features (detached or not; gathered across ranks by the caller under DDP).
+            features: (N, D) features (detached or not; already gathered across ranks under DDP).
             labels: (N,) identities.
         """
         feats = F.normalize(features.detach().float(), dim=1).to(self.prototypes.device)  # (N, D)
@@ -134,3 +141,95 @@ def _hardest_per_label(feats: Tensor, own: Tensor, labels: Tensor, num_classes: 
     # Samples at their identity's minimum keep their index, the others get N; the per-id min is the pick.
     index = torch.where(cos == lowest[labels], index, num)
     return index.new_full((num_classes,), num).scatter_reduce_(0, labels, index, "amin")  # (C,)
+
+
+class MemoryBanks(nn.Module):
+    """K_g and K_p: initialisation pass, weighted PCL terms, momentum update, DDP sync, checkpointed state.
+
+    A bank whose loss weight is 0 is neither used nor updated (its term is not returned).
+
+    Args:
+        num_classes: C training identities.
+        global_dim: D, width of the BNNeck global feature.
+        parts_dim: K*D, width of the BNNeck concatenated parts.
+        temperature, momentum, update: see :class:`PrototypeMemory` (``profd.loss.pcl_*``).
+        weight_global: weight of L_pcl^g (Eq. 16, ``profd.loss.pcl_global``, official 1).
+        weight_parts: weight of L_pcl^p (Eq. 18, ``profd.loss.pcl_parts``, official 1).
+    """
+
+    #: loss keys of :meth:`losses`, in the order of :data:`profd_plugin.losses.LOSS_KEYS`
+    KEYS = ("loss_pcl_global", "loss_pcl_parts")
+
+    def __init__(self, num_classes: int, global_dim: int, parts_dim: int, *, temperature: float = 0.05,
+                 momentum: float = 0.2, update: str = "hard", weight_global: float = 1.0,
+                 weight_parts: float = 1.0) -> None:
+        super().__init__()
+        bank = dict(temperature=temperature, momentum=momentum, update=update)
+        self.bank_global = PrototypeMemory(num_classes, global_dim, **bank)
+        self.bank_parts = PrototypeMemory(num_classes, parts_dim, **bank)
+        self.weights = {"loss_pcl_global": float(weight_global), "loss_pcl_parts": float(weight_parts)}
+
+    @property
+    def num_classes(self) -> int:
+        """C."""
+        return self.bank_global.num_classes
+
+    @property
+    def initialized(self) -> bool:
+        """Whether both banks hold class centroids (set by :meth:`initialize` or a loaded checkpoint)."""
+        return bool(self.bank_global.initialized) and bool(self.bank_parts.initialized)
+
+    def reset(self) -> None:
+        """Mark the banks as not initialised (the next training run re-runs the init pass)."""
+        self.bank_global.initialized.fill_(False)
+        self.bank_parts.initialized.fill_(False)
+
+    def _pairs(self) -> Tuple[Tuple[str, PrototypeMemory], ...]:
+        return (("loss_pcl_global", self.bank_global), ("loss_pcl_parts", self.bank_parts))
+
+    @torch.no_grad()
+    def initialize(self, batches: Iterable[Tuple[Tensor, Tensor, Tensor]]) -> int:
+        """Initialise both banks from the init pass (official: one eval pass over the training loader).
+
+        Args:
+            batches: ``(global_bn (N, D), masked_concat_bn (N, K*D), pids (N,))`` per batch, e.g. from
+                ``ProFD.pooled_part_features``; under DDP each rank passes its own batches and every
+                rank's features are all-gathered (one collective per batch), so all ranks end equal.
+
+        Returns:
+            The number of samples (over all ranks) the centroids were computed from.
+        """
+        dim = self.bank_global.dim
+        chunks = [all_gather_cat(torch.cat([g.float(), p.float(), pids.unsqueeze(1).float()], 1))
+                  for g, p, pids in batches]  # one all-gather per batch: (N * world, D + K*D + 1)
+        packed = torch.cat(chunks)
+        labels = packed[:, -1].long()
+        self.bank_global.initialize(packed[:, :dim], labels, normalize_first=True)
+        self.bank_parts.initialize(packed[:, dim:-1], labels, normalize_first=False)
+        return int(packed.shape[0])
+
+    def losses(self, global_bn: Tensor, concat_bn: Tensor, pids: Tensor) -> Dict[str, Tensor]:
+        """Weighted PCL terms ``{"loss_pcl_global": w L_pcl^g, "loss_pcl_parts": w L_pcl^p}`` (fp32).
+
+        Args:
+            global_bn: (N, D) BNNeck global features. concat_bn: (N, K*D) BNNeck concatenated parts.
+            pids: (N,) identities in [0, C).
+        """
+        terms = {}
+        with torch.autocast(global_bn.device.type, enabled=False):  # 1/tau = 20 logits: keep fp32
+            for (key, bank), feats in zip(self._pairs(), (global_bn, concat_bn)):
+                if self.weights[key] != 0.0:
+                    terms[key] = self.weights[key] * bank(feats.float(), pids)
+        return terms
+
+    @torch.no_grad()
+    def update(self, global_bn: Tensor, concat_bn: Tensor, pids: Tensor) -> None:
+        """Momentum update with this step's features of every rank (one all-gather under DDP)."""
+        dim = global_bn.shape[1]
+        packed = torch.cat([global_bn.detach().float(), concat_bn.detach().float(),
+                            pids.unsqueeze(1).float()], dim=1)  # (N, D + K*D + 1)
+        packed = all_gather_cat(packed)
+        labels = packed[:, -1].long()
+        for (key, bank), feats in zip(self._pairs(), (packed[:, :dim], packed[:, dim:-1])):
+            if self.weights[key] != 0.0:
+                bank.update(feats, labels)

@@ -15,14 +15,16 @@ from typing import Optional
 
 from torch import Tensor
 
-from .targets import PatchLabeler
-
 __all__ = ["ProFDOutput", "ProFDEmbeddings"]
 
 
 @dataclass
 class ProFDOutput:
-    """Everything :class:`~profd_plugin.losses.ProFDCriterion` needs (train-mode ``forward``).
+    """Everything the losses need from a train-mode ``forward``: tensors only.
+
+    The criterion (:class:`~profd_plugin.losses.ProFDCriterion`) and the memory banks
+    (``ProFD.memory.losses``) read these fields; the targets (masks, patch labels, visibility) travel
+    separately in :class:`~profd_plugin.losses.ProFDTargets`.
 
     Attributes:
         global_feat: (N, D) CLIP class-token feature F_g, before the BNNeck (triplet input).
@@ -37,10 +39,6 @@ class ProFDOutput:
             ``None`` when the decoder has no SPA branch (``attention`` = sea | none).
         alignment_scores: (N, K+1, h, w) spatial alignment scores S = scale * cos (Eq. 5), channel 0
             = background.
-        patch_labeler: the model's patch geometry and M_p scale; ``patch_labeler(masks)`` gives the
-            (N, K+1, h, w) patch labels the criterion's L_attn / L_align targets are built from (the
-            same M_p as the model's own pooling).
-        has_foreground: whether the queries include a foreground prompt (Q = K + 2) or not (Q = K + 1).
     """
 
     global_feat: Tensor
@@ -52,8 +50,6 @@ class ProFDOutput:
     visibility_logits: Tensor
     spa_attention: Optional[Tensor]
     alignment_scores: Tensor
-    patch_labeler: PatchLabeler
-    has_foreground: bool
 
 
 @dataclass

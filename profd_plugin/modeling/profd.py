@@ -2,7 +2,8 @@
 
 Official code: ``build_transformer`` (Cuixxx/ProFD ``torchreid/models/profd.py``), without its unused
 modules (second CLIP visual copy, prompt encoder, context decoder, dimension-reduction layers, extra
-classifiers). The losses live in :mod:`profd_plugin.losses`; the memory banks are model state.
+classifiers). The losses live in :mod:`profd_plugin.losses`; the memory banks (:class:`MemoryBanks`,
+``self.memory``) are model state and own their PCL terms, initialisation and update.
 
 Train-mode ``forward`` returns :class:`ProFDOutput`, eval-mode ``forward`` returns
 :class:`ProFDEmbeddings`.
@@ -34,10 +35,10 @@ from .heads import (
     alignment_scores,
     visibility_scores,
 )
-from .memory import PrototypeMemory
+from .memory import MemoryBanks
 from .outputs import ProFDEmbeddings, ProFDOutput
 from .prompts import ClipTextEncoder, PartPromptLearner
-from .targets import PatchLabeler, weighted_average_pooling
+from .targets import patch_labels, weighted_average_pooling
 
 __all__ = ["ProFD", "ATTENTION_MODES"]
 
@@ -71,11 +72,12 @@ class ProFD(nn.Module):
             average pooling of the patch features with the patch labels of ``masks`` when given, else
             with the softmax of the alignment scores).
         alignment_logit_scale: S = scale * cos (Eq. 5, official 5).
-        patch_label_scale: M_p = softmax(scale * AvgPool(masks)) (official 64); the model owns it (see
-            :attr:`patch_labeler`), the criterion reads it from the output.
+        patch_label_scale: M_p = softmax(scale * AvgPool(masks)) (official 64); the model owns the patch
+            labels (:meth:`patch_labels`), its own pooling and the criterion's targets use them.
         visibility_mode, visibility_temperature, visibility_threshold: test-time visibility
             (see :func:`~profd_plugin.modeling.heads.visibility_scores`).
-        pcl_temperature, pcl_momentum, pcl_update: memory banks (see :class:`PrototypeMemory`).
+        pcl_temperature, pcl_momentum, pcl_update, pcl_global, pcl_parts: memory banks and the
+            weights of their PCL terms (see :class:`~profd_plugin.modeling.memory.MemoryBanks`).
         tokenizer: CLIP tokenizer (default: open_clip's BPE ``SimpleTokenizer``, offline).
     """
 
@@ -88,7 +90,8 @@ class ProFD(nn.Module):
                  alignment_logit_scale: float = 5.0, patch_label_scale: float = 64.0,
                  visibility_mode: str = "softmax", visibility_temperature: float = 0.1,
                  visibility_threshold: float = 0.1, pcl_temperature: float = 0.05, pcl_momentum: float = 0.2,
-                 pcl_update: str = "hard", tokenizer: Optional[SimpleTokenizer] = None) -> None:
+                 pcl_update: str = "hard", pcl_global: float = 1.0, pcl_parts: float = 1.0,
+                 tokenizer: Optional[SimpleTokenizer] = None) -> None:
         super().__init__()
         if attention not in ATTENTION_MODES:
             raise ValueError(f"profd.decoder.attention '{attention}' not in {ATTENTION_MODES}")
@@ -117,9 +120,9 @@ class ProFD(nn.Module):
         self.classifier = IdentityClassifier(dim, concat_dim, num_classes)
         self.part_bn = PartBatchNorm(self.num_parts, dim)
         self.visibility_head = VisibilityHead(self.num_parts, dim)
-        memory = dict(temperature=pcl_temperature, momentum=pcl_momentum, update=pcl_update)
-        self.memory_global = PrototypeMemory(num_classes, dim, **memory)
-        self.memory_parts = PrototypeMemory(num_classes, concat_dim, **memory)
+        self.memory = MemoryBanks(num_classes, dim, concat_dim, temperature=pcl_temperature,
+                                  momentum=pcl_momentum, update=pcl_update, weight_global=pcl_global,
+                                  weight_parts=pcl_parts)
         self.apply_trainability()
 
     # ------------------------------------------------------------------ properties
@@ -133,15 +136,20 @@ class ProFD(nn.Module):
         """Whether the prompt set has a foreground prompt."""
         return self.prompt_learner.has_foreground
 
-    @property
-    def patch_labeler(self) -> PatchLabeler:
-        """Masks -> patch labels M_p with this backbone's geometry and ``patch_label_scale`` (Eq. 6).
+    def patch_labels(self, masks: Tensor) -> Tensor:
+        """Patch labels M_p = softmax_c(patch_label_scale * AvgPool(masks)) on this backbone's grid (Eq. 6).
 
-        The single source of M_p: the model's own pooling uses it and ``ProFDOutput`` carries it to
-        the criterion.
+        The single source of M_p: the model's own pooling (memory init, ``none`` mode) and the
+        criterion's L_attn / L_align targets (the engine passes them in ``ProFDTargets``) use it.
+
+        Args:
+            masks: (N, K+1, Hm, Wm) soft masks, channel 0 = background.
+
+        Returns:
+            (N, K+1, h, w) patch labels.
         """
         bb = self.backbone
-        return PatchLabeler(grid_size=bb.grid_size, image_size=bb.image_size, patch_size=bb.patch_size,
+        return patch_labels(masks, grid_size=bb.grid_size, image_size=bb.image_size, patch_size=bb.patch_size,
                             stride=bb.stride, label_scale=self.patch_label_scale)
 
     # ------------------------------------------------------------------ forward
@@ -156,7 +164,7 @@ class ProFD(nn.Module):
             tokens, spa = self.decoder(prompts, patches)  # (N, Q, D), (N, Q, L)
             return _Features(cls, tokens[:, -self.num_parts:], spa, scores)
         # (N, K+1, h, w) pooling weights: patch labels of the masks, else the predicted alignment maps
-        weights = self.patch_labeler(masks) if masks is not None else torch.softmax(scores, dim=1)
+        weights = self.patch_labels(masks) if masks is not None else torch.softmax(scores, dim=1)
         return _Features(cls, weighted_average_pooling(patches, weights[:, 1:]), None, scores)
 
     def forward(self, images: Tensor, masks: Optional[Tensor] = None,
@@ -189,8 +197,7 @@ class ProFD(nn.Module):
             global_feat=feats.cls, global_bn=global_bn, global_logits=global_logits,
             part_feats=feats.part_feats, concat_bn=concat_bn, concat_logits=concat_logits,
             visibility_logits=vis_logits, spa_attention=feats.spa_attention,
-            alignment_scores=feats.alignment_scores, patch_labeler=self.patch_labeler,
-            has_foreground=self.has_foreground)
+            alignment_scores=feats.alignment_scores)
 
     @torch.no_grad()
     def pooled_part_features(self, images: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
@@ -211,7 +218,7 @@ class ProFD(nn.Module):
         self.eval()
         try:
             cls, patches = self.backbone(images)  # (N, D), (N, L, D)
-            parts = weighted_average_pooling(patches, self.patch_labeler(masks)[:, 1:])  # (N, K, D)
+            parts = weighted_average_pooling(patches, self.patch_labels(masks)[:, 1:])  # (N, K, D)
             return self.bnneck_global(cls), self.bnneck_concat(parts.flatten(1))
         finally:
             self.train(was_training)

@@ -1,28 +1,26 @@
-"""Patch-level targets derived from the human-parsing masks (pure functions).
+"""Patch labels M_p from the human-parsing masks and the weighted average pooling WAP (pure functions).
 
-Paper Eq. 6 (``AP(M)``: patch labels M_p), the targets of L_attn (Eq. 9) and L_align (Eq. 6), and the
-weighted average pooling WAP of Eq. 17. Code source: Cuixxx/ProFD ``profd.py:569`` (patch labels),
-``part_based_engine.py:157-182`` (attention / alignment targets), ``profd.py:106-120`` (WAP).
+Paper Eq. 6 (``AP(M)``: patch labels M_p) and the WAP of Eq. 17. Code source: Cuixxx/ProFD
+``profd.py:569`` (patch labels), ``profd.py:106-120`` (WAP). The model owns the patch geometry and calls
+:func:`patch_labels` through ``ProFD.patch_labels``; the loss targets built from M_p (L_attn, L_align)
+live in :mod:`profd_plugin.losses.targets`.
 
 Shape shorthand:
     N: batch size
     K: number of body parts; channel 0 of every mask tensor is the background (K+1 channels)
-    Q: attention queries, [bg, fg, parts] (K+2) or [bg, parts] (K+1) without a foreground prompt
     Hm, Wm: mask resolution (official 64x32 = image / 4)
     h, w: patch grid; L = h * w
     D: feature width
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["patch_labels", "PatchLabeler", "alignment_labels", "attention_targets",
-           "weighted_average_pooling"]
+__all__ = ["patch_labels", "weighted_average_pooling"]
 
 #: Denominator guard of the weighted average pooling (official ``profd.py:117``).
 WAP_EPS = 1e-6
@@ -64,69 +62,6 @@ def patch_labels(masks: Tensor, *, grid_size: Tuple[int, int], image_size: Tuple
     """
     pooled = _pool_to_grid(masks.float(), grid_size, image_size, patch_size, stride)  # (N, K+1, h, w)
     return torch.softmax(label_scale * pooled, dim=1)
-
-
-@dataclass(frozen=True)
-class PatchLabeler:
-    """Everything :func:`patch_labels` needs besides the masks: the backbone geometry and M_p's scale.
-
-    The model owns it (``ProFD.patch_labeler``) and puts it into ``ProFDOutput.patch_labeler``, so the
-    memory-init pooling, the ``none``-mode pooling and the criterion's L_attn / L_align targets all
-    compute M_p with one function and the same inputs.
-
-    Attributes:
-        grid_size: (h, w) patch grid of the backbone.
-        image_size: (H, W) input image size.
-        patch_size: patch-embedding kernel P.
-        stride: patch-embedding stride s.
-        label_scale: sharpening factor (``profd.masks.patch_label_scale``, official 64).
-    """
-
-    grid_size: Tuple[int, int]
-    image_size: Tuple[int, int]
-    patch_size: int
-    stride: int
-    label_scale: float
-
-    def __call__(self, masks: Tensor) -> Tensor:
-        """(N, K+1, Hm, Wm) soft masks -> (N, K+1, h, w) patch labels M_p (see :func:`patch_labels`)."""
-        return patch_labels(masks, grid_size=self.grid_size, image_size=self.image_size,
-                            patch_size=self.patch_size, stride=self.stride, label_scale=self.label_scale)
-
-
-def alignment_labels(labels: Tensor, size: Tuple[int, int]) -> Tensor:
-    """Hard targets of L_align: patch labels upsampled (bilinear, align_corners=True), then argmax.
-
-    Args:
-        labels: (N, K+1, h, w) patch labels from :func:`patch_labels`.
-        size: (Hm, Wm) output resolution (the mask resolution, official 64x32).
-
-    Returns:
-        (N, Hm, Wm) long class indices in [0, K] (0 = background).
-    """
-    up = F.interpolate(labels, size=size, mode="bilinear", align_corners=True)  # (N, K+1, Hm, Wm)
-    return up.argmax(dim=1)
-
-
-def attention_targets(labels: Tensor, *, has_foreground: bool, temperature: float) -> Tensor:
-    """Targets of L_attn (Eq. 9): per-query distributions over the patches.
-
-    Channels are taken in query order, [P_bg, 1 - P_bg, P_1..P_K] (the foreground channel is dropped
-    when there is no foreground prompt); each becomes softmax over patches of (channel / temperature).
-
-    Args:
-        labels: (N, K+1, h, w) patch labels.
-        has_foreground: whether the queries include the foreground prompt.
-        temperature: softmax temperature (``profd.loss.attention_temperature``, official 0.01).
-
-    Returns:
-        (N, Q, L) targets, each row summing to 1.
-    """
-    background = labels[:, :1]  # (N, 1, h, w)
-    foreground = [1.0 - background] if has_foreground else []
-    channels = [background, *foreground, labels[:, 1:]]
-    stacked = torch.cat(channels, dim=1).flatten(2)  # (N, Q, L)
-    return torch.softmax(stacked / temperature, dim=-1)
 
 
 def weighted_average_pooling(features: Tensor, weights: Tensor) -> Tensor:
