@@ -11,7 +11,8 @@ import warnings
 
 # torchreid warns on every import that its Cython evaluator is missing; the plugin ships its own
 # vectorised evaluator (profd_plugin.metrics), so the warning is noise. Filter it before the import.
-warnings.filterwarnings("ignore", message="Cython evaluation")
+CYTHON_WARNING = "Cython evaluation"
+warnings.filterwarnings("ignore", message=CYTHON_WARNING)
 
 import torchreid  # noqa: E402,F401  (the host; imported here so the filter above applies)
 

@@ -17,17 +17,19 @@ from typing import Iterable, List, Optional, Sequence
 
 from yacs.config import CfgNode as CN
 
+from .errors import ConfigError
+
 __all__ = ["get_default_config", "add_profd_config", "setup_cfg", "ConfigKeyError", "all_keys"]
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-class ConfigKeyError(KeyError):
+class ConfigKeyError(ConfigError, KeyError):
     """An unknown or malformed config key (from a YAML file or the command line)."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it a clean one-liner
-        return str(self.args[0]) if self.args else ""
+        return ConfigError.__str__(self)
 
 
 def _host_config() -> CN:

@@ -8,14 +8,14 @@
   evaluation, checkpointing and resume, so built-in baselines run on the same data and protocol.
 
 Every engine here shares :class:`LoopMixin`: per-epoch deterministic seeding (so a resumed run continues
-exactly), atomic checkpoints every ``checkpoint_freq`` epochs and at the end, a checkpoint on Ctrl-C,
-``resume`` (model incl. memory banks, optimizer, scheduler, grad scaler, epoch), DDP (rank 0 logs,
-evaluates and saves).
+exactly), atomic self-describing checkpoints (:mod:`profd_plugin.checkpoint`) every ``checkpoint_freq``
+epochs and at the end, a checkpoint on Ctrl-C, ``resume`` (model incl. memory banks, optimizer, scheduler,
+grad scaler, epoch; verified against the run's config), DDP (rank 0 logs, evaluates and saves), and an
+epoch-start hook that never unfreezes what the model froze.
 """
 from __future__ import annotations
 
 import datetime
-import glob
 import logging
 import math
 import os.path as osp
@@ -27,19 +27,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torchreid.reid.engine import Engine, ImageSoftmaxEngine, ImageTripletEngine
+from yacs.config import CfgNode
 
+from .checkpoint import checkpoint_config, load_model_state, make_checkpoint, read_checkpoint, verify_config
 from .distributed import get_rank, is_distributed, is_main_process
+from .errors import CheckpointError, NonFiniteLossError
 from .evaluation import EvaluationMixin
-from .host import atomic_torch_save, load_checkpoint, remove_stale_temp_files
+from .fileio import atomic_torch_save, remove_stale_temp_files
 from .losses import ProFDTargets
+from .runs import CHECKPOINT_DIR, CHECKPOINT_PREFIX
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_PREFIX = "model.pth.tar-"
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or infinite; training stops instead of corrupting the weights."""
 
 
 def seed_everything(seed: int) -> None:
@@ -53,18 +51,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def find_last_checkpoint(save_dir: str) -> Optional[str]:
-    """The most recently written checkpoint under ``save_dir/model/`` (None if there is none)."""
-    files = glob.glob(osp.join(save_dir, "model", CHECKPOINT_PREFIX + "*"))
-    return max(files, key=osp.getmtime) if files else None
-
-
 class LoopMixin(EvaluationMixin):
     """The training loop and checkpointing shared by every engine of the plugin."""
 
     seed: int = 0
     checkpoint_freq: int = 10
     scaler: Optional[torch.amp.GradScaler] = None
+    #: the run's config, stored in every checkpoint (None for engines built without one)
+    config: Optional[CfgNode] = None
 
     @property
     def core_model(self) -> torch.nn.Module:
@@ -73,31 +67,36 @@ class LoopMixin(EvaluationMixin):
 
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint_state(self, epochs_done: int, rank1: float = 0.0) -> dict:
-        return {
-            "state_dict": self.core_model.state_dict(),
-            "epoch": int(epochs_done),
-            "rank1": float(rank1),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "seed": int(self.seed),
-        }
+        """The self-describing checkpoint of the current state (see :mod:`profd_plugin.checkpoint`)."""
+        return make_checkpoint(self.core_model, self.config, num_classes=self.datamanager.num_train_pids,
+                               epoch=epochs_done, rank1=rank1, optimizer=self.optimizer,
+                               scheduler=self.scheduler, scaler=self.scaler, seed=self.seed)
 
     def save_checkpoint(self, epochs_done: int, save_dir: str, rank1: float = 0.0, suffix: str = "") -> str:
         """Atomically write ``save_dir/model/model.pth.tar-<epochs_done><suffix>`` (rank 0 only)."""
-        path = osp.join(save_dir, "model", f"{CHECKPOINT_PREFIX}{epochs_done}{suffix}")
+        path = osp.join(save_dir, CHECKPOINT_DIR, f"{CHECKPOINT_PREFIX}{epochs_done}{suffix}")
         if is_main_process():
             atomic_torch_save(self.checkpoint_state(epochs_done, rank1), path)
             print(f'Checkpoint saved to "{path}"')
         return path
 
     def resume(self, path: str) -> int:
-        """Restore model (with memory banks), optimizer, scheduler and scaler; returns the start epoch."""
-        ckpt = load_checkpoint(path)
+        """Restore model (with memory banks), optimizer, scheduler and scaler; returns the start epoch.
+
+        Raises:
+            CheckpointError: the file is not a checkpoint of this model, architecture and number of
+                identities (one line naming the file and the first difference).
+        """
+        ckpt = read_checkpoint(path)
+        if self.config is not None:
+            verify_config(checkpoint_config(ckpt, path), self.config, path)
+        load_model_state(self.core_model, ckpt, path)
+        if ckpt.get("optimizer") is None:
+            raise CheckpointError(f"checkpoint {path} holds weights only (no optimizer state): start from it "
+                                  "with model.load_weights instead of model.resume")
         if ckpt.get("seed", self.seed) != self.seed:
             logger.warning("resuming with train.seed %d, the run was started with %d: the continuation will "
                            "not match an uninterrupted run", self.seed, ckpt["seed"])
-        self.core_model.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -105,6 +104,30 @@ class LoopMixin(EvaluationMixin):
             self.scaler.load_state_dict(ckpt["scaler"])
         print(f'Resumed from "{path}" (epoch {ckpt["epoch"]})')
         return int(ckpt["epoch"])
+
+    def two_stepped_transfer_learning(self, epoch, fixbase_epoch, open_layers, model=None) -> None:
+        """torchreid's epoch-start hook, except that parameters the model froze itself stay frozen.
+
+        torchreid's version calls ``open_all_layers`` at every epoch start, which sets
+        ``requires_grad=True`` on every parameter (e.g. a deliberately frozen CLIP text encoder or the
+        BNNeck biases). Here the trainable set of the first call is remembered and restored instead.
+        """
+        from torchreid.reid.utils import open_specified_layers
+
+        model = self.model if model is None else model
+        if model is None:
+            return
+        trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+        snap = self.__dict__.setdefault("_trainable", trainable)  # the first call's set is the model's own
+        if (epoch + 1) <= fixbase_epoch and open_layers is not None:
+            print(f"* Only train {open_layers} (epoch: {epoch + 1}/{fixbase_epoch})")
+            open_specified_layers(model, open_layers)
+            for n, p in model.named_parameters():
+                p.requires_grad = p.requires_grad and snap.get(n, True)
+        else:
+            model.train()
+            for n, p in model.named_parameters():
+                p.requires_grad = snap.get(n, True)
 
     # -- loop ----------------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> None:
@@ -136,7 +159,7 @@ class LoopMixin(EvaluationMixin):
             if is_main_process():
                 self.test(**test_kw)
             return self.results
-        if is_main_process() and remove_stale_temp_files(osp.join(save_dir, "model")):
+        if is_main_process() and remove_stale_temp_files(osp.join(save_dir, CHECKPOINT_DIR)):
             print("removed partial checkpoint files left by an interrupted run")
         if self.writer is None and is_main_process():
             from torch.utils.tensorboard import SummaryWriter
@@ -191,11 +214,12 @@ class ProFDEngine(LoopMixin, Engine):
         memory_init: initialise the PCL banks with a pass over the training loader before epoch 1.
         seed: base seed of the per-epoch seeding.
         checkpoint_freq: save every N epochs (and at the end).
+        config: the run's config, stored in every checkpoint and checked on resume.
     """
 
     def __init__(self, datamanager, model, criterion, optimizer, scheduler=None, *, use_gpu: bool = True,
                  amp: str = "none", grad_clip: float = 0.0, memory_init: bool = True, seed: int = 0,
-                 checkpoint_freq: int = 10):
+                 checkpoint_freq: int = 10, config: Optional[CfgNode] = None):
         super().__init__(datamanager, use_gpu)
         if amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"profd.train.amp must be none | bf16 | fp16, got '{amp}'")
@@ -205,7 +229,7 @@ class ProFDEngine(LoopMixin, Engine):
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if self.use_gpu else None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.grad_clip, self.memory_init = grad_clip, memory_init
-        self.seed, self.checkpoint_freq = seed, checkpoint_freq
+        self.seed, self.checkpoint_freq, self.config = seed, checkpoint_freq, config
 
     def _autocast(self):
         enabled = self.amp_dtype is not None
@@ -282,17 +306,19 @@ class ProFDEngine(LoopMixin, Engine):
 class SoftmaxEngine(LoopMixin, ImageSoftmaxEngine):
     """torchreid's softmax engine with the plugin's evaluation, checkpoints and resume."""
 
-    def __init__(self, *args, seed: int = 0, checkpoint_freq: int = 10, **kwargs):
+    def __init__(self, *args, seed: int = 0, checkpoint_freq: int = 10, config: Optional[CfgNode] = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self.seed, self.checkpoint_freq = seed, checkpoint_freq
+        self.seed, self.checkpoint_freq, self.config = seed, checkpoint_freq, config
 
 
 class TripletEngine(LoopMixin, ImageTripletEngine):
     """torchreid's triplet engine with the plugin's evaluation, checkpoints and resume."""
 
-    def __init__(self, *args, seed: int = 0, checkpoint_freq: int = 10, **kwargs):
+    def __init__(self, *args, seed: int = 0, checkpoint_freq: int = 10, config: Optional[CfgNode] = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self.seed, self.checkpoint_freq = seed, checkpoint_freq
+        self.seed, self.checkpoint_freq, self.config = seed, checkpoint_freq, config
 
 
 def warmup_multi_step_lambda(milestones: Sequence[int], gamma: float, warmup_epochs: int,
@@ -313,5 +339,5 @@ def warmup_multi_step_lambda(milestones: Sequence[int], gamma: float, warmup_epo
 
 __all__ = [
     "ProFDEngine", "SoftmaxEngine", "TripletEngine", "NonFiniteLossError", "warmup_multi_step_lambda",
-    "find_last_checkpoint", "seed_everything",
+    "seed_everything",
 ]

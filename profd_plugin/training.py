@@ -12,6 +12,7 @@ import os
 import os.path as osp
 import sys
 import time
+from dataclasses import dataclass
 from typing import Dict, Optional, TextIO
 
 import torch
@@ -19,16 +20,18 @@ import torch.distributed as dist
 from tabulate import tabulate
 from yacs.config import CfgNode
 
-from .distributed import is_main_process
-from .engine import (
-    ProFDEngine,
-    SoftmaxEngine,
-    TripletEngine,
-    find_last_checkpoint,
-    seed_everything,
-    warmup_multi_step_lambda,
+from .checkpoint import checkpoint_config, load_model_state, read_checkpoint, verify_config
+from .distributed import is_distributed, is_main_process
+from .engine import ProFDEngine, SoftmaxEngine, TripletEngine, seed_everything, warmup_multi_step_lambda
+from .errors import CheckpointError, ConfigError
+from .fileio import atomic_write
+from .runs import (
+    RESULTS_FILE,
+    find_resume_checkpoint,
+    new_run_dir,
+    run_dir_of_checkpoint,
+    write_run_config,
 )
-from .host import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +143,7 @@ def build_criterion(cfg: CfgNode):
 
 
 def build_engine(cfg: CfgNode, datamanager, model, criterion, optimizer, scheduler, use_gpu: bool):
-    common = dict(seed=cfg.train.seed, checkpoint_freq=cfg.profd.train.checkpoint_freq)
+    common = dict(seed=cfg.train.seed, checkpoint_freq=cfg.profd.train.checkpoint_freq, config=cfg)
     if criterion is not None:
         engine = ProFDEngine(datamanager, model, criterion, optimizer, scheduler, use_gpu=use_gpu,
                              amp=cfg.profd.train.amp, grad_clip=cfg.profd.train.grad_clip,
@@ -168,9 +171,10 @@ def _may_have_unused_parameters(cfg: CfgNode, criterion) -> bool:
     return min(criterion.weights.values()) == 0 or cfg.profd.decoder.attention != "hybrid"
 
 
-def engine_run_kwargs(cfg: CfgNode) -> dict:
+def engine_run_kwargs(cfg: CfgNode, run_dir: str) -> dict:
+    """``Engine.run`` keyword arguments of ``cfg``; everything is written into ``run_dir``."""
     return dict(
-        save_dir=cfg.data.save_dir, max_epoch=cfg.train.max_epoch, start_epoch=cfg.train.start_epoch,
+        save_dir=run_dir, max_epoch=cfg.train.max_epoch, start_epoch=cfg.train.start_epoch,
         print_freq=cfg.train.print_freq, fixbase_epoch=cfg.train.fixbase_epoch,
         open_layers=cfg.train.open_layers, start_eval=cfg.test.start_eval, eval_freq=cfg.test.eval_freq,
         test_only=cfg.test.evaluate, dist_metric=cfg.test.dist_metric,
@@ -185,27 +189,102 @@ def format_results(results: Dict[str, Dict[str, float]]) -> str:
     return tabulate(rows, headers=["dataset", "R1", "R5", "R10", "mAP"], floatfmt=".1f", tablefmt="github")
 
 
-def write_results(results: Dict[str, Dict[str, float]], save_dir: str) -> str:
-    """Atomically write ``save_dir/results.json`` (fractions in [0, 1])."""
-    path = osp.join(save_dir, "results.json")
+def write_results(results: Dict[str, Dict[str, float]], run_dir: str) -> str:
+    """Atomically write ``<run_dir>/results.json`` (fractions in [0, 1])."""
+    path = osp.join(run_dir, RESULTS_FILE)
     atomic_write(path, lambda f: json.dump(results, f, indent=2), binary=False)
     return path
 
 
-def setup_engine(cfg: CfgNode):
+@dataclass
+class RunPlan:
+    """Where a run writes and what it continues (see :mod:`profd_plugin.runs`).
+
+    Attributes:
+        run_dir: the run's own folder under ``data.save_dir`` (new, or the resumed run's).
+        kind: ``train`` or ``eval`` (``test.evaluate``).
+        resume_path: the checkpoint to resume from, or None.
+    """
+
+    run_dir: str
+    kind: str
+    resume_path: Optional[str] = None
+
+
+def weights_path(cfg: CfgNode) -> str:
+    """``model.load_weights``, with '' and 'none' meaning no weights."""
+    path = cfg.model.load_weights.strip()
+    return "" if path.lower() == "none" else path
+
+
+def _resume_path(cfg: CfgNode) -> str:
+    if cfg.model.resume != "auto":
+        return osp.abspath(osp.expanduser(cfg.model.resume))
+    path = find_resume_checkpoint(cfg.data.save_dir, cfg)
+    if path is None:
+        raise CheckpointError(f"model.resume auto: no checkpoint of a '{cfg.model.name}' training run with "
+                              f"this config under {osp.abspath(cfg.data.save_dir)} (runs of other models or "
+                              "configs are not considered)")
+    return path
+
+
+def prepare_run(cfg: CfgNode) -> RunPlan:
+    """Decide the run folder (rank 0 creates it and writes ``config.yaml``; every rank gets its name).
+
+    Raises:
+        ConfigError: evaluation without ``model.load_weights``; an unusable ``data.save_dir``.
+        CheckpointError: ``model.resume auto`` found nothing to resume.
+    """
+    kind = "eval" if cfg.test.evaluate else "train"
+    if kind == "eval" and not cfg.model.load_weights.strip():
+        raise ConfigError("evaluation (--eval-only / test.evaluate True) needs model.load_weights "
+                          "<checkpoint>; give model.load_weights none to evaluate the untrained model")
+    resume = _resume_path(cfg) if kind == "train" and cfg.model.resume else None
+    run_dir = run_dir_of_checkpoint(resume) if resume else None  # a resumed run continues in its folder
+    if is_main_process():
+        run_dir = run_dir or new_run_dir(cfg.data.save_dir, cfg.model.name, kind)
+        write_run_config(run_dir, cfg)  # a resumed run records the config it continues with
+    if is_distributed():  # every rank uses rank 0's folder name
+        holder = [run_dir]
+        dist.broadcast_object_list(holder, src=0)
+        run_dir = holder[0]
+    return RunPlan(run_dir=run_dir, kind=kind, resume_path=resume)
+
+
+def load_weights(model: torch.nn.Module, cfg: CfgNode, path: str, *, training: bool) -> None:
+    """``model.load_weights``: verify the checkpoint against ``cfg`` and load it exactly.
+
+    Another number of identities is allowed: the identity classifiers and memory banks keep their fresh
+    values (one log line says so). For training, ProFD's memory banks are always rebuilt by the init pass
+    (as the official engine does at every start).
+
+    Raises:
+        CheckpointError: naming the file and the first differing config key or tensor.
+    """
+    ckpt = read_checkpoint(path)
+    verify_config(checkpoint_config(ckpt, path), cfg, path)
+    if load_model_state(model, ckpt, path, allow_other_identities=True):
+        logger.info("%s was trained with %s identities, this run has %d: identity classifiers and memory "
+                    "banks re-initialised", path, ckpt.get("num_classes", "another number of"),
+                    getattr(model, "num_classes", -1))
+    memory = getattr(model, "memory", None)
+    if training and memory is not None:
+        memory.reset()
+        logger.info("memory banks will be initialised from the training set (model.load_weights)")
+    print(f'Loaded weights from "{path}"')
+
+
+def setup_engine(cfg: CfgNode, plan: Optional[RunPlan] = None):
     """Build data manager, model, optimizer, scheduler and engine (and resume); returns
     ``(engine, run_kwargs)`` ready for ``engine.run(**run_kwargs)``."""
     use_gpu = torch.cuda.is_available()
     rank, world = init_distributed(use_gpu)
+    plan = plan or prepare_run(cfg)
     seed_everything(cfg.train.seed)
     datamanager = build_datamanager(cfg, rank, world)
     model = build_model(cfg, datamanager.num_train_pids, use_gpu)
-    if cfg.model.load_weights:
-        from torchreid.reid.utils import load_pretrained_weights
-
-        if not osp.isfile(cfg.model.load_weights):
-            raise FileNotFoundError(f"model.load_weights: no such file: {cfg.model.load_weights}")
-        load_pretrained_weights(model, cfg.model.load_weights)
+    if weights_path(cfg):
+        load_weights(model, cfg, weights_path(cfg), training=plan.kind == "train")
     device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
     model = model.to(device)
     optimizer = build_optimizer(cfg, model)
@@ -218,29 +297,27 @@ def setup_engine(cfg: CfgNode):
             model, device_ids=[device.index] if use_gpu else None, broadcast_buffers=False,
             find_unused_parameters=_may_have_unused_parameters(cfg, criterion))
     engine = build_engine(cfg, datamanager, model, criterion, optimizer, scheduler, use_gpu)
-    kwargs = engine_run_kwargs(cfg)
-    if cfg.model.resume:
-        path = find_last_checkpoint(cfg.data.save_dir) if cfg.model.resume == "auto" else cfg.model.resume
-        if path is None or not osp.isfile(path):
-            raise FileNotFoundError(f"model.resume: no checkpoint found at {path or cfg.data.save_dir}")
-        kwargs["start_epoch"] = engine.resume(path)
+    kwargs = engine_run_kwargs(cfg, plan.run_dir)
+    if plan.resume_path:
+        kwargs["start_epoch"] = engine.resume(plan.resume_path)
     return engine, kwargs
 
 
-def run_from_cfg(cfg: CfgNode, out: Optional[TextIO] = None) -> Dict[str, Dict[str, float]]:
+def run_from_cfg(cfg: CfgNode, out: Optional[TextIO] = None, plan: Optional[RunPlan] = None
+                 ) -> Dict[str, Dict[str, float]]:
     """Everything ``tools/main.py`` does after parsing the config; returns the results dict
-    (printed as a table and written to ``results.json`` by rank 0)."""
-    engine, kwargs = setup_engine(cfg)
+    (printed as a table and written to ``<run dir>/results.json`` by rank 0)."""
+    engine, kwargs = setup_engine(cfg, plan)
     t0 = time.time()
     results = engine.run(**kwargs)
-    report_results(cfg, results, time.time() - t0, out)
+    report_results(results, kwargs["save_dir"], time.time() - t0, out)
     return results
 
 
-def report_results(cfg: CfgNode, results: Dict[str, Dict[str, float]], seconds: float,
+def report_results(results: Dict[str, Dict[str, float]], run_dir: str, seconds: float,
                    out: Optional[TextIO] = None) -> None:
-    """Rank 0 prints the table and writes ``results.json``."""
+    """Rank 0 prints the table and writes ``<run_dir>/results.json``."""
     if is_main_process() and results:
         print("\n" + format_results(results), file=out or sys.stdout)
-        path = write_results(results, cfg.data.save_dir)
+        path = write_results(results, run_dir)
         print(f"results written to {path} ({seconds:.0f}s)", file=out or sys.stdout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import os.path as osp
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -144,3 +145,10 @@ def tiny_run_opts(root: str, save_dir: str, **overrides) -> List[str]:
     }
     opts.update(overrides)
     return [str(x) for kv in opts.items() for x in kv]
+
+
+def run_dir(save_dir: str, kind: str = "train", model: str = "profd") -> str:
+    """The one ``<model>-<kind>-<time>`` run folder under ``save_dir`` (asserts there is exactly one)."""
+    found = sorted(glob.glob(osp.join(save_dir, f"{model}-{kind}-*")))
+    assert len(found) == 1, f"expected one {model} {kind} run in {save_dir}, found {found}"
+    return found[0]

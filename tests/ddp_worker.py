@@ -18,7 +18,7 @@ def main():
     cfg = setup_cfg(args.config_file, args.opts)
     engine, kwargs = setup_engine(cfg)
     results = engine.run(**kwargs)
-    report_results(cfg, results, 0.0)
+    report_results(results, kwargs["save_dir"], 0.0)
     rank = dist.get_rank()
     model = engine.core_model
     names = ("memory.bank_global.prototypes", "memory.bank_parts.prototypes", "backbone.visual.conv1.weight")

@@ -1,4 +1,5 @@
 """ProFDEngine: schedule, exact resume, kill -9 recovery, NaN guard, frozen parts, DDP (gloo, 2 processes)."""
+import glob
 import os
 import signal
 import subprocess
@@ -7,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_run_opts
+from conftest import run_dir, tiny_run_opts
 
 from profd_plugin.config import setup_cfg
 from profd_plugin.engine import NonFiniteLossError, warmup_multi_step_lambda
@@ -23,7 +24,18 @@ def _cfg(root, save_dir, **overrides):
 
 
 def _state(save_dir, epoch):
-    return torch.load(os.path.join(save_dir, "model", f"model.pth.tar-{epoch}"), weights_only=True)
+    return torch.load(os.path.join(run_dir(save_dir), "model", f"model.pth.tar-{epoch}"), weights_only=True)
+
+
+def _wait_for(pattern, proc, timeout=240):
+    """Wait until a file matching the glob ``pattern`` exists (or the process ends); returns the path."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        found = glob.glob(pattern)
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    return (glob.glob(pattern) or [None])[0]
 
 
 def test_official_schedule_warmup_and_steps():
@@ -52,24 +64,22 @@ def test_kill_9_then_resume_from_last_checkpoint(synthetic_root, tmp_path):
     opts = tiny_run_opts(synthetic_root, save, **{"train.max_epoch": 40, "profd.train.checkpoint_freq": 1})
     proc = subprocess.Popen([sys.executable, MAIN, "--config-file", CONFIG, *opts],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = os.path.join(save, "model", "model.pth.tar-1")
-    deadline = time.time() + 240
-    while not os.path.exists(first) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    first = _wait_for(os.path.join(save, "profd-train-*", "model", "model.pth.tar-1"), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert os.path.exists(first), "no checkpoint before the kill"
-    names = [n for n in os.listdir(os.path.join(save, "model")) if n.startswith("model.pth.tar-")]
+    assert first, "no checkpoint before the kill"
+    folder = os.path.dirname(first)
+    names = [n for n in os.listdir(folder) if n.startswith("model.pth.tar-")]
     for name in names:  # a kill during a save leaves at most a .tmp file, never a broken checkpoint
-        torch.load(os.path.join(save, "model", name), weights_only=True)
+        torch.load(os.path.join(folder, name), weights_only=True)
     done = max(int(n.split("-")[-1]) for n in names)
     resume = tiny_run_opts(synthetic_root, save, **{"train.max_epoch": done + 1, "model.resume": "auto"})
     r = subprocess.run([sys.executable, MAIN, "--config-file", CONFIG, *resume],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"epoch {done})" in r.stdout and _state(save, done + 1)["epoch"] == done + 1
-    assert os.path.exists(os.path.join(save, "results.json"))
-    assert not [n for n in os.listdir(os.path.join(save, "model")) if n.startswith(".tmp-")]
+    assert os.path.exists(os.path.join(run_dir(save), "results.json"))  # the resumed run's own folder
+    assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
 
 
 def test_non_finite_loss_stops_naming_step_and_term(synthetic_root, tmp_path, monkeypatch):
@@ -112,7 +122,7 @@ def test_ddp_two_processes_gloo(synthetic_root, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "banks in sync" in r.stdout and "rank 1 wrote nothing" in r.stdout
-    assert os.path.exists(os.path.join(save, "results.json"))
+    assert os.path.exists(os.path.join(run_dir(save), "results.json"))
     assert _state(save, 2)["epoch"] == 2
 
 
@@ -121,16 +131,14 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(synthetic_root, tmp_path):
     opts = tiny_run_opts(synthetic_root, save, **{"train.max_epoch": 200, "profd.train.checkpoint_freq": 1})
     proc = subprocess.Popen([sys.executable, MAIN, "--config-file", CONFIG, *opts],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = os.path.join(save, "model", "model.pth.tar-1")
-    deadline = time.time() + 240
-    while not os.path.exists(first) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    first = _wait_for(os.path.join(save, "profd-train-*", "model", "model.pth.tar-1"), proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    interrupted = [n for n in os.listdir(os.path.join(save, "model")) if n.endswith("-interrupted")]
+    folder = os.path.dirname(first)
+    interrupted = [n for n in os.listdir(folder) if n.endswith("-interrupted")]
     assert len(interrupted) == 1 and "model.resume" in out
-    ckpt = torch.load(os.path.join(save, "model", interrupted[0]), weights_only=True)
+    ckpt = torch.load(os.path.join(folder, interrupted[0]), weights_only=True)
     assert ckpt["epoch"] >= 1
 
 
@@ -141,6 +149,7 @@ def test_torchrun_main_logs_and_writes_once(synthetic_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    logs = [n for n in os.listdir(save) if n.startswith("train.log")]
+    run = run_dir(save)  # one run folder, named by rank 0
+    logs = [n for n in os.listdir(run) if n.startswith("train.log")]
     assert len(logs) == 1 and r.stdout.count("| synthetic_occluded") == 1  # rank 0 only
-    assert os.path.exists(os.path.join(save, "results.json"))
+    assert os.path.exists(os.path.join(run, "results.json"))

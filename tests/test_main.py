@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_run_opts
+from conftest import run_dir, tiny_run_opts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "profd_synthetic.yaml")
@@ -25,10 +25,10 @@ def run_main(*opts) -> int:
     return MAIN.main(["--config-file", CONFIG, *opts])
 
 
-def _check_results(save_dir, capsys):
+def _check_results(save_dir, capsys, kind="train", model="profd"):
     out = capsys.readouterr().out
     assert "| dataset" in out and "synthetic_occluded" in out and "R1" in out and "mAP" in out
-    results = json.load(open(os.path.join(save_dir, "results.json")))
+    results = json.load(open(os.path.join(run_dir(save_dir, kind, model), "results.json")))
     row = results["synthetic_occluded"]
     assert set(row) == {"rank1", "rank5", "rank10", "mAP"}
     assert all(0.0 <= v <= 1.0 for v in row.values())
@@ -41,25 +41,27 @@ def test_builtin_model_trains_evaluates_and_checkpoint_reloads(synthetic_root, t
         "model.name": "osnet_x0_25", "model.pretrained": False, "loss.name": "softmax",
         "train.optim": "adam"}))
     assert code == 0
-    _check_results(save, capsys)
-    ckpt_path = os.path.join(save, "model", "model.pth.tar-1")
+    _check_results(save, capsys, model="osnet_x0_25")
+    run = run_dir(save, model="osnet_x0_25")
+    ckpt_path = os.path.join(run, "model", "model.pth.tar-1")
     ckpt = torch.load(ckpt_path, weights_only=True)  # torch's default loader, no allow-listing
     assert ckpt["epoch"] == 1 and isinstance(ckpt["rank1"], float)
-    assert any(f.startswith("train.log") for f in os.listdir(save))
+    assert ckpt["model_name"] == "osnet_x0_25" and "osnet_x0_25" in ckpt["config"]
+    assert any(f.startswith("train.log") for f in os.listdir(run))
 
     # evaluation only, from the checkpoint
     code = run_main(*tiny_run_opts(synthetic_root, str(tmp_path / "eval"), **{
         "model.name": "osnet_x0_25", "model.pretrained": False, "model.load_weights": ckpt_path,
         "test.evaluate": True}))
     assert code == 0
-    _check_results(str(tmp_path / "eval"), capsys)
+    _check_results(str(tmp_path / "eval"), capsys, kind="eval", model="osnet_x0_25")
 
 
 def test_profd_trains_one_epoch_and_evaluates(synthetic_root, tmp_path, capsys):
     save = str(tmp_path / "profd")
     assert run_main(*tiny_run_opts(synthetic_root, save)) == 0
     _check_results(save, capsys)
-    ckpt = torch.load(os.path.join(save, "model", "model.pth.tar-1"), weights_only=True)
+    ckpt = torch.load(os.path.join(run_dir(save), "model", "model.pth.tar-1"), weights_only=True)
     assert bool(ckpt["state_dict"]["memory.bank_global.initialized"])  # banks are checkpointed
     assert bool(ckpt["state_dict"]["memory.bank_parts.initialized"])
     assert ckpt["optimizer"]["state"] and ckpt["scheduler"] is not None
@@ -68,9 +70,10 @@ def test_profd_trains_one_epoch_and_evaluates(synthetic_root, tmp_path, capsys):
 @pytest.mark.parametrize("distance", ["global", "parts"])
 def test_eval_only_with_distance_modes(synthetic_root, tmp_path, capsys, distance):
     save = str(tmp_path / distance)
-    opts = tiny_run_opts(synthetic_root, save, **{"profd.test.distance": distance})
+    opts = tiny_run_opts(synthetic_root, save, **{"profd.test.distance": distance,
+                                                  "model.load_weights": "none"})
     assert run_main(*opts, "--eval-only") == 0
-    _check_results(save, capsys)
+    _check_results(save, capsys, kind="eval")
 
 
 def test_missing_dataset_root_is_one_line_error(tmp_path, capsys):
@@ -99,11 +102,13 @@ def test_occluded_reid_protocol_reports_every_target(tmp_path, capsys, market_li
     assert code == 0
     out = capsys.readouterr().out
     assert "| market1501" in out and "| occluded_reid" in out
-    assert set(json.load(open(os.path.join(save, "results.json")))) == {"market1501", "occluded_reid"}
+    results = json.load(open(os.path.join(run_dir(save), "results.json")))
+    assert set(results) == {"market1501", "occluded_reid"}
 
 
 def test_rerank_and_flip_evaluation(synthetic_root, tmp_path, capsys):
     save = str(tmp_path / "rerank")
-    assert run_main(*tiny_run_opts(synthetic_root, save, **{"test.rerank": True, "profd.test.flip": True}),
+    assert run_main(*tiny_run_opts(synthetic_root, save, **{"test.rerank": True, "profd.test.flip": True,
+                                                            "model.load_weights": "none"}),
                     "--eval-only") == 0
-    _check_results(save, capsys)
+    _check_results(save, capsys, kind="eval")

@@ -7,7 +7,8 @@ Usage::
     python tools/main.py --config-file configs/profd_occ_duke.yaml --eval-only model.load_weights ckpt.pth.tar
     torchrun --nproc_per_node 2 tools/main.py --config-file configs/profd_occ_duke.yaml
 
-Prints a table of R1 / R5 / R10 / mAP per target dataset and writes ``<data.save_dir>/results.json``.
+Every run writes into its own folder ``<data.save_dir>/<model.name>-<train|eval>-<time>/`` (config, log,
+tensorboard events, checkpoints, ``results.json``); prints a table of R1 / R5 / R10 / mAP per target.
 """
 import argparse
 import contextlib
@@ -21,16 +22,13 @@ import torch
 import torch.distributed as dist
 
 import profd_plugin  # noqa: F401  (registers the plugin's datasets and the model 'profd' with torchreid)
-from profd_plugin.config import ConfigKeyError, setup_cfg
-from profd_plugin.data.datasets import DatasetError
+from profd_plugin.config import setup_cfg
 from profd_plugin.distributed import is_main_process
-from profd_plugin.engine import NonFiniteLossError
-from profd_plugin.training import Tee, init_distributed, run_from_cfg
+from profd_plugin.errors import EXIT_CONFIG_ERROR, ProFDError
+from profd_plugin.training import Tee, init_distributed, prepare_run, run_from_cfg
 
-EXIT_CONFIG_ERROR = 2
-EXIT_RUNTIME_ERROR = 1
 # errors whose message is the whole story (bad path or value, missing data or weights): one line, exit != 0
-USER_ERRORS = (ConfigKeyError, FileNotFoundError, NonFiniteLossError, DatasetError, ValueError, KeyError)
+USER_ERRORS = (ProFDError, FileNotFoundError, ValueError, KeyError)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,24 +60,29 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = setup(args)
-    except (ConfigKeyError, FileNotFoundError) as e:
+    except (ProFDError, FileNotFoundError) as e:
         return _fail(e, EXIT_CONFIG_ERROR)
     init_distributed(torch.cuda.is_available())  # before anything asks which rank this is
-    log_name = "test.log" if cfg.test.evaluate else "train.log"
-    log_path = osp.join(cfg.data.save_dir, f"{log_name}-{time.strftime('%Y-%m-%d-%H-%M-%S')}")
+    try:
+        plan = prepare_run(cfg)
+    except ProFDError as e:
+        return _fail(e, e.exit_code)
+    log_name = "test.log" if plan.kind == "eval" else "train.log"
+    log_path = osp.join(plan.run_dir, f"{log_name}-{time.strftime('%Y-%m-%d-%H-%M-%S')}")
     try:
         with Tee(log_path) if is_main_process() else contextlib.nullcontext() as tee:
             _configure_logging()
             try:
                 print(f"Config:\n{cfg}\n")
                 print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
-                run_from_cfg(cfg)
+                print(f"run folder: {plan.run_dir}")
+                run_from_cfg(cfg, plan=plan)
             except KeyboardInterrupt:
                 print("interrupted", file=sys.stderr)
                 return 130
             except USER_ERRORS as e:  # one line on the console; the traceback in the log (stderr off rank 0)
                 (tee.file if tee is not None else sys.stderr).write(traceback.format_exc())
-                code = EXIT_CONFIG_ERROR if isinstance(e, ConfigKeyError) else EXIT_RUNTIME_ERROR
+                code = e.exit_code if isinstance(e, ProFDError) else 1
                 return _fail(e, code, log_path if tee is not None else None)
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 import torch
 from torchreid.reid.data.datasets.dataset import ImageDataset
 
+from ..errors import DatasetError
 from .layout import (
     DEFAULT_MASKS_DIR,
     MARKET_SPLIT_DIRS,
@@ -56,16 +57,6 @@ Item = Tuple[str, int, int]  # (img_path, pid, camid)
 
 PID_CAMID = re.compile(r"([-\d]+)_c(\d)")  # Market/Duke file names: <pid>_c<cam>...
 HELP = "see docs/DATASETS.md for the layout; masks: tools/download_masks.py"
-
-
-class DatasetError(RuntimeError):
-    """A missing, empty or malformed dataset file or folder (one-line message naming the path)."""
-
-    def __str__(self) -> str:
-        msg = super().__str__()
-        if msg.startswith("Caught DatasetError"):  # re-raised by a DataLoader worker with its traceback
-            return msg.rstrip().splitlines()[-1].split("DatasetError: ", 1)[-1]  # the original one-liner
-        return msg
 
 
 def list_images(folder: str, exts: Sequence[str], depth: int = 0) -> List[str]:
