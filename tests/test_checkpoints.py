@@ -193,4 +193,5 @@ def test_eval_only_needs_weights(synthetic_root, tmp_path, capsys):
                     "model.load_weights")
     assert not os.path.exists(save)  # nothing written
     opts = tiny_run_opts(synthetic_root, save, **{"model.load_weights": "none"})
-    assert MAIN.main(["--config-file", os.path.join(CONFIGS, "profd_synthetic.yaml"), *opts, "--eval-only"]) == 0
+    config = os.path.join(CONFIGS, "profd_synthetic.yaml")
+    assert MAIN.main(["--config-file", config, *opts, "--eval-only"]) == 0
