@@ -112,12 +112,13 @@ def install(archive: str, root: str, dataset: str) -> str:
     os.makedirs(root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".masks-", dir=root)
     try:
+        # the format from the content (a hand-downloaded file may have any name); shutil skips zip members
+        # that would land outside the staging folder, and the tar "data" filter refuses absolute paths and
+        # links out of it (zip extraction takes no filter on Python < 3.12)
         if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:
-                z.extractall(staging)
+            shutil.unpack_archive(archive, staging, format="zip")
         elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as t:
-                t.extractall(staging, filter="data")  # refuses absolute paths and links out of staging
+            shutil.unpack_archive(archive, staging, format="tar", filter="data")
         else:
             raise RuntimeError(f"{archive} is neither a zip nor a tar archive")
         found = [osp.join(d, "masks") for d, dirs, _ in os.walk(staging) if "masks" in dirs]

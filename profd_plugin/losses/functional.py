@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import sigmoid_focal_loss
 
 __all__ = [
     "identity_loss", "euclidean_distance", "batch_hard_triplet_loss", "spatial_attention_loss",
@@ -108,17 +109,14 @@ def diversity_loss(part_feats: Tensor, mode: str = "softmax") -> Tensor:
 
 
 def focal_visibility_loss(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
-    """L_vis (Eq. 13): binary focal loss, mean over N*K, in a log-sigmoid form finite for any logit.
+    """L_vis (Eq. 13): binary focal loss, mean over N*K, finite for any logit.
 
-    l = -alpha (1-p)^gamma y log p - (1-alpha) p^gamma (1-y) log(1-p), p = sigmoid(x), with
-    log p = logsigmoid(x), log(1-p) = logsigmoid(-x), 1-p = sigmoid(-x) (the official form NaNs
-    once p rounds to 1, at logits above about 17).
+    l = -alpha (1-p)^gamma y log p - (1-alpha) p^gamma (1-y) log(1-p), p = sigmoid(x): the official
+    form, computed by ``torchvision.ops.sigmoid_focal_loss``, whose cross-entropy term is taken from the
+    logits (the official ``log(sigmoid(x))`` NaNs once p rounds to 1, at logits above about 17).
 
     Args:
         logits: (N, K) visibility logits. targets: (N, K) {0, 1} (bool or float).
         alpha: official 0.65. gamma: official 2.
     """
-    y = targets.to(logits.dtype)
-    pos = -alpha * torch.sigmoid(-logits).pow(gamma) * F.logsigmoid(logits)  # (N, K)
-    neg = -(1.0 - alpha) * torch.sigmoid(logits).pow(gamma) * F.logsigmoid(-logits)  # (N, K)
-    return (y * pos + (1.0 - y) * neg).mean()
+    return sigmoid_focal_loss(logits, targets.to(logits.dtype), alpha=alpha, gamma=gamma, reduction="mean")
