@@ -1,80 +1,131 @@
-"""CLIP backbone: grid, positional-embedding resize, checkpoint formats, offline failure (CPU, no weights)."""
+"""CLIP backbone: loading through open_clip, position-embedding resampling, any input size (CPU, no weights).
+
+The expected values are built by hand from the source model (its weights, the official bilinear
+``F.interpolate`` and the official forward), which is what the hand-written loader and backbone gave
+before they were replaced by open_clip's factory and timm's resampling: every format and size below was
+checked bit-identical against that code.
+"""
+import copy
 import time
 import warnings
+from typing import Dict, Tuple
 
+import open_clip
 import open_clip.pretrained
 import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
+from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transformer import QuickGELU
+from safetensors.torch import save_file
+from torch import Tensor, nn
 
 from profd_plugin.config import get_default_config
-from profd_plugin.modeling import build_profd_model, clip_backbone
+from profd_plugin.data.masks import part_names
+from profd_plugin.modeling import ProFD, build_profd_model, clip_backbone
 from profd_plugin.modeling.clip_backbone import (
     TINY_CLIP_CONFIG,
     ClipVisualBackbone,
-    convert_clip_state_dict,
     create_clip,
     grid_size_for,
     resize_pos_embed,
 )
 
+#: the tiny config's values, written out: the JSON file registered with open_clip must keep them
+TINY_VALUES = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 128, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+NATIVE_GRID = (14, 14)  # 224 / 16
+OPENAI_META = dict(input_resolution=224, context_length=77, vocab_size=49408)
+PARTS = part_names("five_v")
+TOKENIZER = SimpleTokenizer(context_length=77)
 
-def _tiny_clip(seed: int = 0) -> CLIP:
+
+def _tiny_clip(seed: int = 0, quick_gelu: bool = True) -> CLIP:
     torch.manual_seed(seed)
-    return CLIP(**TINY_CLIP_CONFIG, quick_gelu=True)
+    return CLIP(**TINY_VALUES, quick_gelu=quick_gelu)
 
 
-def _assert_same_weights(model: torch.nn.Module, reference: dict) -> None:
+def _assert_same_weights(model: nn.Module, reference: Dict[str, Tensor]) -> None:
     state = model.state_dict()
     assert set(state) == set(reference)
     for key, value in reference.items():
+        assert state[key].dtype == torch.float32, key
         assert torch.equal(state[key], value.float()), key
 
 
+def _assert_same_forward(model: CLIP, reference: CLIP) -> None:
+    """Same image and text features: the architecture (heads, activation) is the reference's too."""
+    model.eval(), reference.eval()
+    images, text = torch.randn(2, 3, 224, 224), torch.randint(0, 49408, (2, 77))
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(images), reference.encode_image(images))
+        assert torch.equal(model.encode_text(text), reference.encode_text(text))
+
+
+def _fp16_reference(source: CLIP) -> CLIP:
+    """The source with its weights rounded through fp16, as an OpenAI release stores them."""
+    reference = copy.deepcopy(source)
+    reference.load_state_dict({k: v.half().float() for k, v in source.state_dict().items()})
+    return reference
+
+
+def _bilinear(pos: Tensor, old: Tuple[int, int], new: Tuple[int, int]) -> Tensor:
+    """The official resize (``clip/model.py:516-532``): class token kept, grid bilinear, align_corners off."""
+    grid = pos[1:].reshape(1, *old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=new, mode="bilinear", align_corners=False)
+    return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(new[0] * new[1], -1)])
+
+
+def _official_forward(visual: nn.Module, images: Tensor, pos: Tensor) -> Tuple[Tensor, Tensor]:
+    """Class and patch tokens of the official forward (``ln_post`` and ``proj`` on all tokens)."""
+    x = visual.conv1(images).flatten(2).transpose(1, 2)
+    x = torch.cat([visual.class_embedding.expand(x.shape[0], 1, -1), x], dim=1) + pos
+    x = visual.ln_post(visual.transformer(visual.ln_pre(x))) @ visual.proj
+    return x[:, 0], x[:, 1:]
+
+
+def _images(size: Tuple[int, int], n: int = 2, seed: int = 3) -> Tensor:
+    return torch.randn(n, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------- geometry
 @pytest.mark.parametrize("stride, grid", [(16, (16, 8)), (12, (21, 10))])
 def test_grid_size(stride, grid):
     assert grid_size_for((256, 128), 16, stride) == grid
 
 
-def test_resize_pos_embed_keeps_class_token_and_interpolates():
+@pytest.mark.parametrize("grid", [(16, 8), (21, 10), (8, 4)])
+def test_resize_pos_embed_is_the_official_bilinear_resize(grid):
     pos = torch.randn(1 + 14 * 14, 8)
-    out = resize_pos_embed(pos, (21, 10))
-    assert out.shape == (1 + 21 * 10, 8)
-    assert torch.equal(out[0], pos[0])
-    ref = F.interpolate(pos[1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2), size=(21, 10), mode="bilinear",
-                        align_corners=False).permute(0, 2, 3, 1).reshape(210, 8)
-    assert torch.allclose(out[1:], ref)
-    assert torch.equal(resize_pos_embed(pos, (14, 14)), pos)
+    out = resize_pos_embed(pos, grid)
+    assert torch.equal(out, _bilinear(pos, NATIVE_GRID, grid))  # bit-identical to the official resize
+    assert torch.equal(resize_pos_embed(pos, NATIVE_GRID), pos)
 
 
-def test_stride12_backbone_forward_shapes():
-    backbone = ClipVisualBackbone(_tiny_clip().visual, image_size=(256, 128), stride=12)
-    assert backbone.grid_size == (21, 10)
-    width, dim = TINY_CLIP_CONFIG["vision_cfg"]["width"], TINY_CLIP_CONFIG["embed_dim"]
-    assert backbone.visual.positional_embedding.shape == (1 + 210, width)
-    cls, patches = backbone(torch.randn(2, 3, 256, 128))
-    assert cls.shape == (2, dim) and patches.shape == (2, 210, dim)
+# ---------------------------------------------------------------------------------------------- creation
+@pytest.mark.parametrize("quick_gelu", [True, False])
+def test_random_init_is_plain_clip(quick_gelu):
+    torch.manual_seed(0)
+    model = create_clip("tiny", "none", quick_gelu=quick_gelu)
+    reference = _tiny_clip(0, quick_gelu)
+    _assert_same_weights(model, reference.state_dict())  # same random draws as CLIP(**config)
+    activation = model.visual.transformer.resblocks[0].mlp.gelu
+    assert isinstance(activation, QuickGELU) == quick_gelu
+    assert model.visual.transformer.resblocks[0].attn.num_heads == 4  # width 128 / head_width 32
+    _assert_same_forward(model, reference)
 
 
-def test_convert_clip_state_dict_formats():
-    ref = {"visual.proj": torch.randn(4, 2).half(), "token_embedding.weight": torch.randn(3, 4)}
-    openai = dict(ref, input_resolution=torch.tensor(224), context_length=torch.tensor(77),
-                  vocab_size=torch.tensor(49408))
-    out = convert_clip_state_dict(openai)
-    assert set(out) == set(ref) and out["visual.proj"].dtype == torch.float32
-    wrapped = {"state_dict": {"module.visual.proj": ref["visual.proj"], "module.text.token_embedding.weight":
-                              ref["token_embedding.weight"]}}
-    assert set(convert_clip_state_dict(wrapped)) == set(ref)
-
-
+# ---------------------------------------------------------------------------------------------- formats
 def test_load_openai_format_full_vit_b16(tmp_path):
     """A random full ViT-B/16 saved as an OpenAI (fp16 + metadata) state dict loads through the config."""
     torch.manual_seed(0)
-    source = CLIP(**clip_backbone.clip_model_config("ViT-B-16"), quick_gelu=True)
+    source = CLIP(**open_clip.get_model_config("ViT-B-16"), quick_gelu=True)
     state = {k: v.half() if v.is_floating_point() else v for k, v in source.state_dict().items()}
-    meta = dict(input_resolution=224, context_length=77, vocab_size=49408)
-    state.update({k: torch.tensor(v) for k, v in meta.items()})
+    state.update({k: torch.tensor(v) for k, v in OPENAI_META.items()})
     path = tmp_path / "ViT-B-16.pt"
     torch.save(state, path)
     del source
@@ -84,20 +135,48 @@ def test_load_openai_format_full_vit_b16(tmp_path):
     visual = model.backbone.visual
     assert torch.equal(visual.conv1.weight, state["visual.conv1.weight"].float())
     assert torch.equal(visual.class_embedding, state["visual.class_embedding"].float())
-    assert torch.equal(visual.positional_embedding[0], state["visual.positional_embedding"][0].float())
+    assert torch.equal(visual.positional_embedding, resize_pos_embed(state["visual.positional_embedding"].float(),
+                                                                     (16, 8)))
     block = "transformer.resblocks.11.mlp.c_fc.weight"
     assert torch.equal(model.prompt_learner.text_encoder.state_dict()[block], state[block].float())
     assert torch.equal(visual.state_dict()[block], state["visual." + block].float())
 
 
-def test_load_openai_jit_archive(tmp_path):
+def test_load_openai_state_dict_tiny(tmp_path):
+    """fp16 + metadata: weights cast to fp32, heads from our config (open_clip would infer width // 64)."""
+    source = _tiny_clip()
+    state = {k: v.half() for k, v in source.state_dict().items()}
+    torch.save(dict(state, **{k: torch.tensor(v) for k, v in OPENAI_META.items()}), tmp_path / "openai.pt")
+    model = create_clip("tiny", str(tmp_path / "openai.pt"))
+    _assert_same_weights(model, state)
+    _assert_same_forward(model, _fp16_reference(source))
+
+
+def _openai_like(model: CLIP) -> CLIP:
+    """The layout of OpenAI's own archives: metadata tensors, no causal-mask buffer (a plain attribute there)."""
+    del model._buffers["attn_mask"]  # encode_image (the traced method) does not use it
+    for key, value in OPENAI_META.items():
+        model.__dict__.pop(key, None)  # int attributes in open_clip, tensors in OpenAI's archives
+        model.register_buffer(key, torch.tensor(value))
+    return model
+
+
+@pytest.mark.parametrize("release", [False, True])
+def test_load_jit_archive(tmp_path, release):
+    """TorchScript archives: OpenAI's releases (fp16, metadata) and open_clip-traced ones (fp32, attn_mask)."""
     source = _tiny_clip().eval()
+    traced_model = _openai_like(copy.deepcopy(source)) if release else source
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        example = {"encode_image": (torch.ones(1, 3, 224, 224),)}
-        traced = torch.jit.trace_module(source, example, check_trace=False)
-        torch.jit.save(traced, str(tmp_path / "tiny_jit.pt"))
-    _assert_same_weights(create_clip("tiny", str(tmp_path / "tiny_jit.pt")), source.state_dict())
+        traced = torch.jit.trace_module(traced_model, {"encode_image": (torch.ones(1, 3, 224, 224),)},
+                                        check_trace=False)
+        if release:
+            traced.half()
+        torch.jit.save(traced, str(tmp_path / "tiny_jit.pt"))  # deprecated (FutureWarning), still the format
+    model = create_clip("tiny", str(tmp_path / "tiny_jit.pt"))
+    reference = _fp16_reference(source) if release else source
+    _assert_same_weights(model, reference.state_dict())
+    _assert_same_forward(model, reference)
 
 
 def test_load_open_clip_formats(tmp_path):
@@ -109,6 +188,10 @@ def test_load_open_clip_formats(tmp_path):
     custom_text = {(k if k.startswith(tower) else "text." + k): v for k, v in ref.items()}
     torch.save(custom_text, tmp_path / "custom.pt")
     _assert_same_weights(create_clip("tiny", str(tmp_path / "custom.pt")), ref)
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(tmp_path / "open_clip_model.safetensors"))
+    model = create_clip("tiny", str(tmp_path / "open_clip_model.safetensors"))
+    _assert_same_weights(model, ref)
+    _assert_same_forward(model, source)
 
 
 def test_missing_checkpoint_path_is_named(tmp_path):
