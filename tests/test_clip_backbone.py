@@ -104,9 +104,23 @@ def test_resize_pos_embed_is_the_official_bilinear_resize(grid):
     out = resize_pos_embed(pos, grid)
     assert torch.equal(out, _bilinear(pos, NATIVE_GRID, grid))  # bit-identical to the official resize
     assert torch.equal(resize_pos_embed(pos, NATIVE_GRID), pos)
+    assert resize_pos_embed(pos, NATIVE_GRID).data_ptr() != pos.data_ptr()  # a copy the caller owns
+
+
+def test_resize_pos_embed_from_a_non_square_grid():
+    pos = torch.randn(1 + 8 * 4, 8)
+    assert torch.equal(resize_pos_embed(pos, (16, 8), old_size=(8, 4)), _bilinear(pos, (8, 4), (16, 8)))
+    with pytest.raises(ValueError, match="square"):
+        resize_pos_embed(pos, (16, 8))  # 32 tokens: the old grid must be given
 
 
 # ---------------------------------------------------------------------------------------------- creation
+def test_tiny_config_registered_with_open_clip():
+    assert TINY_CLIP_CONFIG == TINY_VALUES
+    create_clip("tiny")
+    assert open_clip.get_model_config("tiny") == TINY_VALUES
+
+
 @pytest.mark.parametrize("quick_gelu", [True, False])
 def test_random_init_is_plain_clip(quick_gelu):
     torch.manual_seed(0)
@@ -117,6 +131,13 @@ def test_random_init_is_plain_clip(quick_gelu):
     assert isinstance(activation, QuickGELU) == quick_gelu
     assert model.visual.transformer.resblocks[0].attn.num_heads == 4  # width 128 / head_width 32
     _assert_same_forward(model, reference)
+
+
+def test_unknown_or_unsupported_model_names():
+    with pytest.raises(KeyError, match="no-such-model"):
+        create_clip("no-such-model")
+    with pytest.raises(ValueError, match="plain ViT"):
+        create_clip("RN50")
 
 
 # ---------------------------------------------------------------------------------------------- formats
@@ -192,6 +213,19 @@ def test_load_open_clip_formats(tmp_path):
     model = create_clip("tiny", str(tmp_path / "open_clip_model.safetensors"))
     _assert_same_weights(model, ref)
     _assert_same_forward(model, source)
+
+
+def test_checkpoint_of_another_model_is_one_line(tmp_path):
+    torch.save(_tiny_clip().state_dict(), tmp_path / "tiny.pt")
+    with pytest.raises(RuntimeError) as err:
+        create_clip("ViT-B-16", str(tmp_path / "tiny.pt"))
+    message = str(err.value)
+    assert "\n" not in message and "tiny.pt" in message and "ViT-B-16" in message
+    partial = {k: v for k, v in _tiny_clip().state_dict().items() if k != "visual.proj"}
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(RuntimeError, match="visual.proj") as err:
+        create_clip("tiny", str(tmp_path / "partial.pt"))
+    assert "\n" not in str(err.value)
 
 
 def test_missing_checkpoint_path_is_named(tmp_path):

@@ -5,7 +5,7 @@ factory), :class:`ProFD`, its outputs
 :class:`ProFDOutput` / :class:`ProFDEmbeddings`, and :class:`PrototypeMemory`.
 """
 from .build import ProFDTorchreidAdapter, build_profd_model, profd_torchreid_factory, torchreid_embedding
-from .clip_backbone import ClipVisualBackbone, convert_clip_state_dict, create_clip, resize_pos_embed
+from .clip_backbone import ClipVisualBackbone, create_clip, resize_pos_embed
 from .decoder import HybridAttentionDecoder
 from .memory import PrototypeMemory
 from .outputs import ProFDEmbeddings, ProFDOutput
@@ -15,6 +15,6 @@ from .prompts import PartPromptLearner
 __all__ = [
     "build_profd_model", "profd_torchreid_factory", "ProFDTorchreidAdapter",
     "torchreid_embedding", "ProFD", "ProFDOutput", "ProFDEmbeddings", "PrototypeMemory", "ClipVisualBackbone",
-    "create_clip", "convert_clip_state_dict", "resize_pos_embed", "HybridAttentionDecoder",
+    "create_clip", "resize_pos_embed", "HybridAttentionDecoder",
     "PartPromptLearner",
 ]
