@@ -7,6 +7,7 @@ checked bit-identical against that code.
 """
 import copy
 import time
+from dataclasses import fields
 import warnings
 from typing import Dict, Tuple
 
@@ -38,7 +39,8 @@ TINY_VALUES = {
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 128, "head_width": 32, "patch_size": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-NATIVE_GRID = (14, 14)  # 224 / 16
+PATCH = 16
+NATIVE_GRID = (14, 14)  # 224 / 16: the grid of the pretrained positional parameter
 OPENAI_META = dict(input_resolution=224, context_length=77, vocab_size=49408)
 PARTS = part_names("five_v")
 TOKENIZER = SimpleTokenizer(context_length=77)
@@ -95,7 +97,7 @@ def _images(size: Tuple[int, int], n: int = 2, seed: int = 3) -> Tensor:
 # ---------------------------------------------------------------------------------------------- geometry
 @pytest.mark.parametrize("stride, grid", [(16, (16, 8)), (12, (21, 10))])
 def test_grid_size(stride, grid):
-    assert grid_size_for((256, 128), 16, stride) == grid
+    assert grid_size_for((256, 128), PATCH, stride) == grid
 
 
 @pytest.mark.parametrize("grid", [(16, 8), (21, 10), (8, 4)])
@@ -216,11 +218,11 @@ def test_load_open_clip_formats(tmp_path):
 
 
 def test_checkpoint_of_another_model_is_one_line(tmp_path):
-    torch.save(_tiny_clip().state_dict(), tmp_path / "tiny.pt")
+    torch.save(CLIP(**dict(TINY_VALUES, embed_dim=64)).state_dict(), tmp_path / "other.pt")
     with pytest.raises(RuntimeError) as err:
-        create_clip("ViT-B-16", str(tmp_path / "tiny.pt"))
+        create_clip("tiny", str(tmp_path / "other.pt"))
     message = str(err.value)
-    assert "\n" not in message and "tiny.pt" in message and "ViT-B-16" in message
+    assert "\n" not in message and "other.pt" in message and "tiny" in message and "shape" in message
     partial = {k: v for k, v in _tiny_clip().state_dict().items() if k != "visual.proj"}
     torch.save(partial, tmp_path / "partial.pt")
     with pytest.raises(RuntimeError, match="visual.proj") as err:
@@ -250,3 +252,136 @@ def test_openai_offline_fails_fast_with_instructions(monkeypatch):
         assert "\n" not in message
         assert "OpenAI CLIP ViT-B-16 checkpoint" in message
         assert "profd.clip.pretrained /path/to/ViT-B-16.pt" in message
+
+
+# ---------------------------------------------------------------------------------------------- any size
+def _backbone(image_size: Tuple[int, int], stride: int = 16, seed: int = 0) -> ClipVisualBackbone:
+    return ClipVisualBackbone(_tiny_clip(seed).visual, image_size=image_size, stride=stride)
+
+
+@pytest.mark.parametrize("image_size, stride", [((256, 128), 16), ((256, 128), 12), ((128, 64), 16)])
+def test_forward_at_the_built_size_is_the_official_one(image_size, stride):
+    native = _tiny_clip().visual.positional_embedding.detach()
+    backbone = _backbone(image_size, stride)
+    grid = grid_size_for(image_size, PATCH, stride)
+    pos = backbone.visual.positional_embedding
+    assert backbone.grid_size == grid and torch.equal(pos, _bilinear(native, NATIVE_GRID, grid))
+    images = _images(image_size)
+    with torch.no_grad():
+        cls, patches = backbone(images)
+        ref_cls, ref_patches = _official_forward(backbone.visual, images, pos)
+    assert patches.shape == (2, grid[0] * grid[1], TINY_VALUES["embed_dim"])
+    assert torch.equal(cls, ref_cls) and torch.equal(patches, ref_patches)
+
+
+@pytest.mark.parametrize("image_size, stride", [((256, 128), 16), ((256, 128), 12), ((128, 64), 16)])
+def test_native_backbone_at_any_size_equals_one_built_at_that_size(image_size, stride):
+    """Built where the stored grid is CLIP's own 14x14 (224x224 at s=16, 172x172 at s=12): resampling to
+    the input's grid is the build-time resize, so this equals a backbone built at the input size."""
+    side = PATCH + (NATIVE_GRID[0] - 1) * stride
+    native = _backbone((side, side), stride).eval()
+    assert native.grid_size == NATIVE_GRID
+    built = _backbone(image_size, stride).eval()
+    images = _images(image_size)
+    with torch.no_grad():
+        for got, expected in zip(native(images), built(images)):
+            assert torch.equal(got, expected)
+    assert native.grid_size == NATIVE_GRID  # the parameter is not re-gridded
+
+
+def test_trained_grid_is_resampled_to_the_input():
+    """Built at 128x64: at 256x128 its trained 8x4 grid (not CLIP's 14x14) is resampled to 16x8."""
+    backbone = _backbone((128, 64)).eval()
+    with torch.no_grad():
+        backbone.visual.positional_embedding.add_(torch.randn_like(backbone.visual.positional_embedding))
+    trained = backbone.visual.positional_embedding.detach().clone()
+    images = _images((256, 128))
+    with torch.no_grad():
+        cls, patches = backbone(images)
+        ref_cls, ref_patches = _official_forward(backbone.visual, images, _bilinear(trained, (8, 4), (16, 8)))
+    assert patches.shape == (2, 16 * 8, TINY_VALUES["embed_dim"])
+    assert torch.equal(cls, ref_cls) and torch.equal(patches, ref_patches)
+    assert torch.equal(backbone.visual.positional_embedding, trained)  # the parameter is untouched
+
+
+def test_resampled_grid_cached_until_the_parameter_changes():
+    backbone = _backbone((128, 64)).eval()
+    pos = backbone.visual.positional_embedding
+    with torch.no_grad():
+        first = backbone.positional_embedding_for((16, 8))
+        assert backbone.positional_embedding_for((16, 8)) is first  # cached
+        assert backbone.positional_embedding_for((8, 4)) is pos  # built grid: the parameter itself
+        pos.add_(1.0)  # optimizer step
+        second = backbone.positional_embedding_for((16, 8))
+        assert second is not first and torch.equal(second, _bilinear(pos, (8, 4), (16, 8)))
+        backbone.load_state_dict(_backbone((128, 64), seed=1).state_dict())
+        third = backbone.positional_embedding_for((16, 8))
+        assert torch.equal(third, _bilinear(pos, (8, 4), (16, 8))) and not torch.equal(third, second)
+    backbone.train()
+    trained = backbone.positional_embedding_for((16, 8))  # training: recomputed, differentiable
+    assert trained.requires_grad and trained is not backbone.positional_embedding_for((16, 8))
+    trained.sum().backward()
+    assert pos.grad is not None and pos.grad.abs().sum() > 0
+
+
+def test_input_smaller_than_a_patch():
+    with pytest.raises(ValueError, match="patch size"):
+        _backbone((128, 64))(torch.zeros(1, 3, 8, 64))
+
+
+def test_set_image_size_then_load_a_checkpoint_trained_at_another_size():
+    trained = _backbone((256, 128)).eval()
+    with torch.no_grad():
+        trained.visual.positional_embedding.add_(torch.randn_like(trained.visual.positional_embedding))
+    state = trained.state_dict()
+    loader = _backbone((128, 64), seed=5).eval()
+    with pytest.raises(RuntimeError, match="positional_embedding"):
+        loader.load_state_dict(state)
+    loader.set_image_size((256, 128))
+    assert loader.image_size == (256, 128) and loader.grid_size == (16, 8)
+    loader.load_state_dict(state)
+    for size in ((256, 128), (128, 64)):
+        images = _images(size)
+        with torch.no_grad():
+            for got, expected in zip(loader(images), trained(images)):
+                assert torch.equal(got, expected)
+    pos = loader.visual.positional_embedding.detach().clone()
+    loader.set_image_size((128, 64))  # re-grids the parameter itself with the same rule
+    assert torch.equal(loader.visual.positional_embedding, _bilinear(pos, (16, 8), (8, 4)))
+    assert loader.visual.positional_embedding.requires_grad
+
+
+# ---------------------------------------------------------------------------------------------- ProFD
+def _profd(attention: str = "hybrid", image_size: Tuple[int, int] = (128, 64)) -> ProFD:
+    torch.manual_seed(0)
+    return ProFD(create_clip("tiny"), 4, part_names=PARTS, image_size=image_size, attention=attention,
+                 tokenizer=TOKENIZER)
+
+
+def _fields(embeddings) -> list:
+    return [getattr(embeddings, field.name) for field in fields(embeddings)]
+
+
+@pytest.mark.parametrize("attention", ["hybrid", "none"])
+def test_profd_evaluates_at_another_input_size(attention):
+    """Eval at 256x128 of a model built at 128x64 = the same model re-gridded to 256x128 (16x8 patches)."""
+    model = _profd(attention).eval()
+    regridded = copy.deepcopy(model)
+    regridded.backbone.set_image_size((256, 128))
+    assert model.grid_size == (8, 4) and regridded.grid_size == (16, 8)
+    images = _images((256, 128), n=3)
+    masks = torch.softmax(torch.randn(3, len(PARTS) + 1, 64, 32), dim=1)
+    with torch.no_grad():
+        got, expected = model(images, return_attention=True), regridded(images, return_attention=True)
+        pooled, pooled_expected = model.pooled_part_features(images, masks), \
+            regridded.pooled_part_features(images, masks)
+    for value, reference in zip(_fields(got) + list(pooled), _fields(expected) + list(pooled_expected)):
+        assert (value is None and reference is None) or torch.equal(value, reference)
+    assert got.part_feats.shape == (3, len(PARTS), TINY_VALUES["embed_dim"])
+    if attention == "hybrid":
+        assert got.attention.shape == (3, len(PARTS) + 2, 16 * 8)
+    else:  # pooling weights from the masks' patch labels on the input's grid
+        with torch.no_grad():
+            assert torch.equal(model(images, masks).part_feats, regridded(images, masks).part_feats)
+    with pytest.raises(ValueError, match="built"):
+        model.train()(images, masks)

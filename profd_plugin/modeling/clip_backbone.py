@@ -327,48 +327,103 @@ def create_clip(name: str = "ViT-B-16", pretrained: str = "none", *, cache_dir: 
 
 # ---------------------------------------------------------------------------------------------- backbone
 class ClipVisualBackbone(nn.Module):
-    """CLIP ViT returning the projected class token and patch tokens at any input size and stride.
+    """CLIP ViT returning the projected class token and patch tokens, at any input size and stride.
+
+    The positional parameter holds the grid of the *built* input size ``image_size`` (CLIP's square
+    pretraining grid resized when the backbone is built, then trained). An input of another size (H, W
+    >= the patch size) is encoded with that grid resampled to its own patch grid by the same bilinear rule
+    (:func:`resize_pos_embed`); at the built size the parameter is used as it is.
 
     Args:
-        visual: an open_clip ``VisionTransformer`` (taken over, not copied) with a square learnable
-            positional grid and ``pool_type='tok'``.
-        image_size: (H, W) input size; the positional grid is resized to the patch grid.
+        visual: an open_clip ``VisionTransformer`` (taken over, not copied) with a learnable positional
+            grid of ``visual.grid_size`` and ``pool_type='tok'``.
+        image_size: built (H, W) input size; the positional grid is resized to its patch grid.
         stride: patch-embedding stride s (``profd.clip.stride``; 16 = the patch size, 12 = ProFD*).
+
+    Attributes:
+        image_size: built (H, W) input size.
+        grid_size: (h, w) patch grid of ``image_size``, the grid of the positional parameter.
+        patch_size, stride: patch-embedding kernel P and stride s.
+        embed_dim: D.
     """
 
     def __init__(self, visual: nn.Module, *, image_size: Tuple[int, int], stride: int) -> None:
         super().__init__()
-        patch_size = visual.conv1.kernel_size[0]
-        self.patch_size = int(patch_size)
+        self.patch_size = int(visual.conv1.kernel_size[0])
         self.stride = int(stride)
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.grid_size = grid_size_for(self.image_size, self.patch_size, self.stride)
         visual.conv1.stride = (self.stride, self.stride)
-        with torch.no_grad():
-            resized = resize_pos_embed(visual.positional_embedding.detach(), self.grid_size)
-        visual.positional_embedding = nn.Parameter(resized)  # (1 + L, Wv)
-        visual.image_size, visual.grid_size = self.image_size, self.grid_size
         self.visual = visual
         self.embed_dim = int(visual.proj.shape[1])
+        # resampled grids by input grid: (parameter version key, (1 + h*w, Wv) embedding)
+        self._pos_cache: Dict[Tuple[int, int], Tuple[tuple, Tensor]] = {}
+        # the pretraining grid of the parameter (224 / 16 = 14x14 for ViT-B/16), re-gridded just below
+        self.image_size, self.grid_size = tuple(visual.image_size), tuple(visual.grid_size)
+        self.set_image_size(image_size)
+
+    def grid_for(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
+        """(h, w) patch grid of an (H, W) input; ValueError below the patch size."""
+        return grid_size_for((int(image_size[0]), int(image_size[1])), self.patch_size, self.stride)
+
+    def set_image_size(self, image_size: Tuple[int, int]) -> None:
+        """Make ``image_size`` the built size: re-grid the positional parameter itself to its patch grid.
+
+        Resampled from the current grid with :func:`resize_pos_embed`. Lets a loader give a model built at
+        one size the positional-parameter shape of a checkpoint trained at another size, then load it
+        exactly. The parameter is replaced by a new one (``requires_grad`` kept): call this before an
+        optimizer is built.
+        """
+        size = (int(image_size[0]), int(image_size[1]))
+        grid = self.grid_for(size)
+        old = self.visual.positional_embedding
+        with torch.no_grad():
+            resized = resize_pos_embed(old.detach(), grid, old_size=self.grid_size)  # (1 + h*w, Wv)
+        self.visual.positional_embedding = nn.Parameter(resized, requires_grad=old.requires_grad)
+        self.image_size, self.grid_size = size, grid
+        self.visual.image_size, self.visual.grid_size = size, grid
+        self._pos_cache.clear()
+
+    def positional_embedding_for(self, grid_size: Tuple[int, int]) -> Tensor:
+        """(1 + h*w, Wv) positional embedding of an input with patch grid ``grid_size``.
+
+        The parameter itself at the built grid; otherwise the built grid resampled to ``grid_size``
+        (differentiable). In eval mode without gradients that result is cached per grid, keyed on the
+        parameter's storage and in-place version, so optimizer steps and ``load_state_dict`` invalidate it
+        (as ``PartPromptLearner`` does for the prompt features).
+        """
+        pos = self.visual.positional_embedding
+        grid = (int(grid_size[0]), int(grid_size[1]))
+        if grid == self.grid_size:
+            return pos
+        if self.training or torch.is_grad_enabled():
+            return resize_pos_embed(pos, grid, old_size=self.grid_size)
+        key = (pos.data_ptr(), pos._version, pos.device, pos.dtype)
+        cached = self._pos_cache.get(grid)
+        if cached is None or cached[0] != key:
+            cached = self._pos_cache[grid] = (key, resize_pos_embed(pos, grid, old_size=self.grid_size))
+        return cached[1]
+
+    def train(self, mode: bool = True) -> "ClipVisualBackbone":
+        """Set the mode and drop the cached resampled grids."""
+        self._pos_cache.clear()
+        return super().train(mode)
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         """Encode images.
 
         Args:
-            images: (N, 3, H, W) normalised images of size ``image_size``.
+            images: (N, 3, H, W) normalised images, any H, W >= the patch size.
 
         Returns:
             cls: (N, D) projected class token (global feature F_g).
-            patches: (N, L, D) projected patch tokens E_pat, row-major over the (h, w) grid.
+            patches: (N, L, D) projected patch tokens E_pat, row-major over the input's (h, w) grid
+            (:meth:`grid_for`).
         """
+        grid = self.grid_for(images.shape[-2:])
         visual = self.visual
         x = visual.conv1(images)  # (N, Wv, h, w)
-        if tuple(x.shape[-2:]) != self.grid_size:
-            raise ValueError(f"input {tuple(images.shape[-2:])} gives a {tuple(x.shape[-2:])} grid; the "
-                             f"backbone was built for {self.image_size} (grid {self.grid_size})")
         x = x.flatten(2).transpose(1, 2)  # (N, L, Wv)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (N, 1, Wv)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (N, 1+L, Wv)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding_for(grid).to(x.dtype)  # (N, 1+L, Wv)
         x = visual.transformer(visual.ln_pre(x))  # (N, 1+L, Wv)
         x = visual.ln_post(x) @ visual.proj  # (N, 1+L, D), ln_post and projection on ALL tokens
         return x[:, 0], x[:, 1:]

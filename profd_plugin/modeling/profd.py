@@ -125,7 +125,8 @@ class ProFD(nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def grid_size(self) -> Tuple[int, int]:
-        """(h, w) patch grid."""
+        """(h, w) patch grid of the built input size (an eval input of another size has
+        ``backbone.grid_for(images.shape[-2:])``)."""
         return self.backbone.grid_size
 
     @property
@@ -140,23 +141,28 @@ class ProFD(nn.Module):
         The single source of M_p: the model's own pooling uses it and ``ProFDOutput`` carries it to
         the criterion.
         """
+        return self.patch_labeler_for(self.backbone.image_size)
+
+    def patch_labeler_for(self, image_size: Tuple[int, int]) -> PatchLabeler:
+        """:attr:`patch_labeler` for (H, W) inputs: the patch grid of that size (eval at any size)."""
         bb = self.backbone
-        return PatchLabeler(grid_size=bb.grid_size, image_size=bb.image_size, patch_size=bb.patch_size,
-                            stride=bb.stride, label_scale=self.patch_label_scale)
+        return PatchLabeler(grid_size=bb.grid_for(image_size), image_size=tuple(image_size),
+                            patch_size=bb.patch_size, stride=bb.stride, label_scale=self.patch_label_scale)
 
     # ------------------------------------------------------------------ forward
     def _features(self, images: Tensor, masks: Optional[Tensor], need_alignment: bool) -> _Features:
         cls, patches = self.backbone(images)  # (N, D), (N, L, D)
+        labeler = self.patch_labeler_for(images.shape[-2:])  # the input's grid (eval may use any size)
         prompts = self.prompt_learner()  # (Q, D)
         scores = None
         if need_alignment or (self.decoder is None and masks is None):
             align_prompts = prompts[self.prompt_learner.alignment_index()]  # (K+1, D)
-            scores = alignment_scores(patches, align_prompts, self.grid_size, self.alignment_logit_scale)
+            scores = alignment_scores(patches, align_prompts, labeler.grid_size, self.alignment_logit_scale)
         if self.decoder is not None:
             tokens, spa = self.decoder(prompts, patches)  # (N, Q, D), (N, Q, L)
             return _Features(cls, tokens[:, -self.num_parts:], spa, scores)
         # (N, K+1, h, w) pooling weights: patch labels of the masks, else the predicted alignment maps
-        weights = self.patch_labeler(masks) if masks is not None else torch.softmax(scores, dim=1)
+        weights = labeler(masks) if masks is not None else torch.softmax(scores, dim=1)
         return _Features(cls, weighted_average_pooling(patches, weights[:, 1:]), None, scores)
 
     def forward(self, images: Tensor, masks: Optional[Tensor] = None,
@@ -164,7 +170,8 @@ class ProFD(nn.Module):
         """Run the model.
 
         Args:
-            images: (N, 3, H, W) normalised images.
+            images: (N, 3, H, W) normalised images: the built size in train mode, any size >= the patch
+                size in eval mode (patch grid ``backbone.grid_for((H, W))``).
             masks: optional (N, K+1, Hm, Wm) soft masks; used only by ``attention='none'`` (pooling
                 weights; without masks the alignment head's softmax maps are used).
             return_attention: eval mode only, also return the (N, Q, L) SPA map.
@@ -173,6 +180,11 @@ class ProFD(nn.Module):
             Train mode: :class:`ProFDOutput` (everything the criterion needs).
             Eval mode: :class:`ProFDEmbeddings` (BNNeck global, per-part BN parts, test visibility).
         """
+        if self.training and tuple(images.shape[-2:]) != self.backbone.image_size:
+            raise ValueError(f"training input size {tuple(images.shape[-2:])} is not the built size "
+                             f"{self.backbone.image_size}: the patch labels and attention targets are on the "
+                             f"built grid; build the model at this size or call "
+                             f"model.backbone.set_image_size first")
         feats = self._features(images, masks, need_alignment=self.training)
         vis_logits = self.visibility_head(feats.part_feats)  # (N, K)
         global_bn = self.bnneck_global(feats.cls)  # (N, D)
@@ -211,7 +223,8 @@ class ProFD(nn.Module):
         self.eval()
         try:
             cls, patches = self.backbone(images)  # (N, D), (N, L, D)
-            parts = weighted_average_pooling(patches, self.patch_labeler(masks)[:, 1:])  # (N, K, D)
+            labels = self.patch_labeler_for(images.shape[-2:])(masks)  # (N, K+1, h, w)
+            parts = weighted_average_pooling(patches, labels[:, 1:])  # (N, K, D)
             return self.bnneck_global(cls), self.bnneck_concat(parts.flatten(1))
         finally:
             self.train(was_training)
