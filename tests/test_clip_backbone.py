@@ -114,6 +114,15 @@ def test_resize_pos_embed_from_a_non_square_grid():
     assert torch.equal(resize_pos_embed(pos, (16, 8), old_size=(8, 4)), _bilinear(pos, (8, 4), (16, 8)))
     with pytest.raises(ValueError, match="square"):
         resize_pos_embed(pos, (16, 8))  # 32 tokens: the old grid must be given
+    tall = torch.randn(1 + 16 * 4, 8)  # as many tokens as the square target: still resampled
+    assert torch.equal(resize_pos_embed(tall, (8, 8), old_size=(16, 4)), _bilinear(tall, (16, 4), (8, 8)))
+
+
+def test_resize_pos_embed_refuses_a_timm_that_skips_equal_token_counts(monkeypatch):
+    """Older timm returned its input when the token count was unchanged and the target square."""
+    monkeypatch.setattr(clip_backbone, "resample_abs_pos_embed", lambda posemb, **kwargs: posemb)
+    with pytest.raises(RuntimeError, match="upgrade timm"):
+        resize_pos_embed(torch.randn(1 + 16 * 4, 8), (8, 8), old_size=(16, 4))
 
 
 # ---------------------------------------------------------------------------------------------- creation
