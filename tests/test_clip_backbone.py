@@ -7,8 +7,8 @@ checked bit-identical against that code.
 """
 import copy
 import time
-from dataclasses import fields
 import warnings
+from dataclasses import fields
 from typing import Dict, Tuple
 
 import open_clip
@@ -167,8 +167,8 @@ def test_load_openai_format_full_vit_b16(tmp_path):
     visual = model.backbone.visual
     assert torch.equal(visual.conv1.weight, state["visual.conv1.weight"].float())
     assert torch.equal(visual.class_embedding, state["visual.class_embedding"].float())
-    assert torch.equal(visual.positional_embedding, resize_pos_embed(state["visual.positional_embedding"].float(),
-                                                                     (16, 8)))
+    native_pos = state["visual.positional_embedding"].float()
+    assert torch.equal(visual.positional_embedding, _bilinear(native_pos, NATIVE_GRID, (16, 8)))
     block = "transformer.resblocks.11.mlp.c_fc.weight"
     assert torch.equal(model.prompt_learner.text_encoder.state_dict()[block], state[block].float())
     assert torch.equal(visual.state_dict()[block], state["visual." + block].float())
@@ -185,7 +185,7 @@ def test_load_openai_state_dict_tiny(tmp_path):
 
 
 def _openai_like(model: CLIP) -> CLIP:
-    """The layout of OpenAI's own archives: metadata tensors, no causal-mask buffer (a plain attribute there)."""
+    """OpenAI's archive layout: metadata tensors, no causal-mask buffer (a plain attribute there)."""
     del model._buffers["attn_mask"]  # encode_image (the traced method) does not use it
     for key, value in OPENAI_META.items():
         model.__dict__.pop(key, None)  # int attributes in open_clip, tensors in OpenAI's archives
@@ -195,7 +195,7 @@ def _openai_like(model: CLIP) -> CLIP:
 
 @pytest.mark.parametrize("release", [False, True])
 def test_load_jit_archive(tmp_path, release):
-    """TorchScript archives: OpenAI's releases (fp16, metadata) and open_clip-traced ones (fp32, attn_mask)."""
+    """TorchScript archives: OpenAI releases (fp16, metadata) and open_clip-traced ones (fp32, attn_mask)."""
     source = _tiny_clip().eval()
     traced_model = _openai_like(copy.deepcopy(source)) if release else source
     with warnings.catch_warnings():

@@ -53,7 +53,7 @@ _TINY_CONFIG_FILE = Path(__file__).with_name("model_configs") / f"{TINY_CLIP_NAM
 TINY_CLIP_CONFIG: Dict[str, Any] = json.loads(_TINY_CONFIG_FILE.read_text())
 #: Keys of OpenAI checkpoints that are not parameters (open_clip drops them only inside TorchScript archives).
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
-#: Non-parameter tensors that open_clip-traced archives carry and the model rebuilds itself (causal text mask).
+#: Non-parameter tensors that open_clip-traced archives carry and the model rebuilds (causal text mask).
 _DERIVED_KEY_SUFFIX = "attn_mask"
 #: Key prefix of open_clip's ``CustomTextCLIP`` text tower; ``CLIP`` keeps these at the top level.
 _CUSTOM_TEXT_PREFIX = "text."
@@ -80,8 +80,9 @@ def grid_size_for(image_size: Tuple[int, int], patch_size: int, stride: int) -> 
     return (height - patch_size) // stride + 1, (width - patch_size) // stride + 1
 
 
-def resize_pos_embed(pos_embed: Tensor, grid_size: Tuple[int, int], num_prefix_tokens: int = _NUM_PREFIX_TOKENS,
-                     *, old_size: Optional[Tuple[int, int]] = None) -> Tensor:
+def resize_pos_embed(pos_embed: Tensor, grid_size: Tuple[int, int],
+                     num_prefix_tokens: int = _NUM_PREFIX_TOKENS, *,
+                     old_size: Optional[Tuple[int, int]] = None) -> Tensor:
     """Resample a ViT positional embedding to a new patch grid, keeping the prefix (class) tokens.
 
     timm's ``resample_abs_pos_embed`` with the official rule: bilinear, align_corners=False, no
@@ -208,7 +209,7 @@ def _first_mismatch(expected: Mapping[str, Tensor], state_dict: Mapping[str, Any
         if shape != tuple(value.shape):
             return f"{key} has shape {shape}, the model's is {tuple(value.shape)}"
     unexpected = [k for k in state_dict if k not in expected]
-    return f"{len(unexpected)} unexpected entr(y/ies), first {unexpected[0]}" if unexpected else None
+    return f"{len(unexpected)} unexpected tensor(s), first {unexpected[0]}" if unexpected else None
 
 
 def _load_weights(model: CLIP, state_dict: Dict[str, Tensor], *, name: str, path: str) -> None:
