@@ -1,9 +1,10 @@
 """CLIP backbone: loading through open_clip, position-embedding resampling, any input size (CPU, no weights).
 
 The expected values are built by hand from the source model (its weights, the official bilinear
-``F.interpolate`` and the official forward), which is what the hand-written loader and backbone gave
-before they were replaced by open_clip's factory and timm's resampling: every format and size below was
-checked bit-identical against that code.
+``F.interpolate`` and the official forward). The format, resize and built-size tests passed against the
+hand-written loader and backbone before open_clip's factory and timm's resampling replaced them (and the
+new code loads every format below bit-identically to the old); other input sizes are new (the old
+backbone refused them) and are checked against explicitly constructed expectations.
 """
 import copy
 import time
