@@ -5,7 +5,7 @@ factory), :class:`ProFD`, its outputs
 :class:`ProFDOutput` / :class:`ProFDEmbeddings`, and the memory banks :class:`MemoryBanks`.
 """
 from .build import ProFDTorchreidAdapter, build_profd_model, profd_torchreid_factory, torchreid_embedding
-from .clip_backbone import ClipVisualBackbone, convert_clip_state_dict, create_clip, resize_pos_embed
+from .clip_backbone import ClipVisualBackbone, create_clip, resize_pos_embed
 from .decoder import HybridAttentionDecoder
 from .memory import MemoryBanks, PrototypeMemory
 from .outputs import ProFDEmbeddings, ProFDOutput
@@ -15,7 +15,6 @@ from .prompts import PartPromptLearner
 __all__ = [
     "build_profd_model", "profd_torchreid_factory", "ProFDTorchreidAdapter",
     "torchreid_embedding", "ProFD", "ProFDOutput", "ProFDEmbeddings", "MemoryBanks", "PrototypeMemory",
-    "ClipVisualBackbone",
-    "create_clip", "convert_clip_state_dict", "resize_pos_embed", "HybridAttentionDecoder",
+    "ClipVisualBackbone", "create_clip", "resize_pos_embed", "HybridAttentionDecoder",
     "PartPromptLearner",
 ]

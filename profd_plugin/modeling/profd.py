@@ -128,7 +128,8 @@ class ProFD(nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def grid_size(self) -> Tuple[int, int]:
-        """(h, w) patch grid."""
+        """(h, w) patch grid of the built input size (an eval input of another size has
+        ``backbone.grid_for(images.shape[-2:])``)."""
         return self.backbone.grid_size
 
     @property
@@ -136,35 +137,40 @@ class ProFD(nn.Module):
         """Whether the prompt set has a foreground prompt."""
         return self.prompt_learner.has_foreground
 
-    def patch_labels(self, masks: Tensor) -> Tensor:
-        """Patch labels M_p = softmax_c(patch_label_scale * AvgPool(masks)) on this backbone's grid (Eq. 6).
+    def patch_labels(self, masks: Tensor, image_size: Optional[Tuple[int, int]] = None) -> Tensor:
+        """Patch labels M_p = softmax_c(patch_label_scale * AvgPool(masks)) on the patch grid (Eq. 6).
 
         The single source of M_p: the model's own pooling (memory init, ``none`` mode) and the
         criterion's L_attn / L_align targets (the engine passes them in ``ProFDTargets``) use it.
 
         Args:
             masks: (N, K+1, Hm, Wm) soft masks, channel 0 = background.
+            image_size: (H, W) of the images the masks belong to (default: the built size); an eval
+                input of another size has another patch grid.
 
         Returns:
             (N, K+1, h, w) patch labels.
         """
         bb = self.backbone
-        return patch_labels(masks, grid_size=bb.grid_size, image_size=bb.image_size, patch_size=bb.patch_size,
+        size = tuple(image_size) if image_size is not None else bb.image_size
+        return patch_labels(masks, grid_size=bb.grid_for(size), image_size=size, patch_size=bb.patch_size,
                             stride=bb.stride, label_scale=self.patch_label_scale)
 
     # ------------------------------------------------------------------ forward
     def _features(self, images: Tensor, masks: Optional[Tensor], need_alignment: bool) -> _Features:
         cls, patches = self.backbone(images)  # (N, D), (N, L, D)
+        size = tuple(images.shape[-2:])  # eval may use any size: the input's patch grid
         prompts = self.prompt_learner()  # (Q, D)
         scores = None
         if need_alignment or (self.decoder is None and masks is None):
             align_prompts = prompts[self.prompt_learner.alignment_index()]  # (K+1, D)
-            scores = alignment_scores(patches, align_prompts, self.grid_size, self.alignment_logit_scale)
+            scores = alignment_scores(patches, align_prompts, self.backbone.grid_for(size),
+                                      self.alignment_logit_scale)
         if self.decoder is not None:
             tokens, spa = self.decoder(prompts, patches)  # (N, Q, D), (N, Q, L)
             return _Features(cls, tokens[:, -self.num_parts:], spa, scores)
         # (N, K+1, h, w) pooling weights: patch labels of the masks, else the predicted alignment maps
-        weights = self.patch_labels(masks) if masks is not None else torch.softmax(scores, dim=1)
+        weights = self.patch_labels(masks, size) if masks is not None else torch.softmax(scores, dim=1)
         return _Features(cls, weighted_average_pooling(patches, weights[:, 1:]), None, scores)
 
     def forward(self, images: Tensor, masks: Optional[Tensor] = None,
@@ -172,7 +178,8 @@ class ProFD(nn.Module):
         """Run the model.
 
         Args:
-            images: (N, 3, H, W) normalised images.
+            images: (N, 3, H, W) normalised images: the built size in train mode, any size >= the patch
+                size in eval mode (patch grid ``backbone.grid_for((H, W))``).
             masks: optional (N, K+1, Hm, Wm) soft masks; used only by ``attention='none'`` (pooling
                 weights; without masks the alignment head's softmax maps are used).
             return_attention: eval mode only, also return the (N, Q, L) SPA map.
@@ -181,6 +188,11 @@ class ProFD(nn.Module):
             Train mode: :class:`ProFDOutput` (everything the criterion needs).
             Eval mode: :class:`ProFDEmbeddings` (BNNeck global, per-part BN parts, test visibility).
         """
+        if self.training and tuple(images.shape[-2:]) != self.backbone.image_size:
+            raise ValueError(f"training input size {tuple(images.shape[-2:])} is not the built size "
+                             f"{self.backbone.image_size}: the patch labels and attention targets are on the "
+                             f"built grid; build the model at this size or call "
+                             f"model.backbone.set_image_size first")
         feats = self._features(images, masks, need_alignment=self.training)
         vis_logits = self.visibility_head(feats.part_feats)  # (N, K)
         global_bn = self.bnneck_global(feats.cls)  # (N, D)
@@ -218,7 +230,8 @@ class ProFD(nn.Module):
         self.eval()
         try:
             cls, patches = self.backbone(images)  # (N, D), (N, L, D)
-            parts = weighted_average_pooling(patches, self.patch_labels(masks)[:, 1:])  # (N, K, D)
+            labels = self.patch_labels(masks, tuple(images.shape[-2:]))  # (N, K+1, h, w)
+            parts = weighted_average_pooling(patches, labels[:, 1:])  # (N, K, D)
             return self.bnneck_global(cls), self.bnneck_concat(parts.flatten(1))
         finally:
             self.train(was_training)
