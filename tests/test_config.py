@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from profd_plugin.config import ConfigKeyError, all_keys, get_default_config, setup_cfg
+from profd_plugin.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
@@ -68,10 +69,11 @@ def test_unknown_key_names_key_and_closest(tmp_path):
 
 
 def test_odd_number_of_opts_and_wrong_type():
-    with pytest.raises(ConfigKeyError):
+    with pytest.raises(ConfigError, match="pairs"):
         setup_cfg(None, ["train.lr"])
-    with pytest.raises(ConfigKeyError, match="train.max_epoch"):
+    with pytest.raises(ConfigError, match="train.max_epoch = 'many' in the command line: must be an integer"):
         setup_cfg(None, ["train.max_epoch", "'many'"])
+    assert setup_cfg(None, ["train.lr", "1"]).train.lr == 1.0  # an int where a float is expected
 
 
 def _main(*args, cwd=ROOT):

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .masks import NUM_PIFPAF_FIELDS, PIFPAF_KEYPOINTS, PIFPAF_LIMBS
+from .parts import NUM_PIFPAF_FIELDS, PIFPAF_KEYPOINTS, PIFPAF_LIMBS
 
 COVERAGE_RANGE = (0.2, 0.6)  # fraction of the body's pixels an occluder hides
 OCCLUDER_KINDS = ("car", "box", "pole", "sign", "person")
