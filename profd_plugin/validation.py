@@ -60,6 +60,10 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def _check(cfg: CfgNode, key: str, ok: Callable[[Any], bool], allowed: str) -> None:
     value = _get(cfg, key)
     if not ok(value):
@@ -104,8 +108,8 @@ _RANGES: Tuple[Tuple[str, Tuple[Callable[[Any], bool], str]], ...] = (
     ("test.visrank_topk", _POSITIVE_INT),
     ("test.ranks", (lambda v: len(v) > 0 and all(isinstance(r, int) and r >= 1 for r in v),
                     "must be a non-empty list of integers >= 1")),
-    ("train.stepsize", (lambda v: all(isinstance(s, int) and s >= 0 for s in ([v] if isinstance(v, int) else v)
-                                      ), "must be an integer or a list of integers >= 0")),
+    ("train.stepsize", (lambda v: all(isinstance(s, int) and s >= 0 for s in _as_list(v)),
+                        "must be an integer or a list of integers >= 0")),
     ("profd.clip.stride", _POSITIVE_INT), ("profd.prompt.n_ctx", _NON_NEGATIVE_INT),
     ("profd.decoder.num_layers", _POSITIVE_INT), ("profd.decoder.num_heads", _POSITIVE_INT),
     ("profd.decoder.dropout", _FRACTION), ("profd.decoder.ffn_ratio", _POSITIVE_INT),
