@@ -125,8 +125,8 @@ class TorchvisionRCNN(PoseBackend):
     def predict(self, images: Sequence[np.ndarray]) -> List[List[Person]]:
         import torch
 
-        tensors = [torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).to(self.device).float() / 255
-                   for img in images]  # (3, H, W) in [0, 1]
+        tensors = [torch.from_numpy(np.array(img)).permute(2, 0, 1).to(self.device).float() / 255
+                   for img in images]  # (3, H, W) in [0, 1]; np.array: a writable copy
         with torch.inference_mode():
             keypoint_outs, mask_outs = self._keypoint(tensors), self._mask(tensors)
         return [pair_people(k, m, self.min_confidence) for k, m in zip(keypoint_outs, mask_outs)]
