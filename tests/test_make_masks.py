@@ -8,6 +8,7 @@ import importlib.util
 import math
 import os
 import os.path as osp
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from PIL import Image
 from profd_plugin.data.datasets import DATASETS
 from profd_plugin.data.masks import PIFPAF_FIELDS, PIFPAF_KEYPOINTS, load_part_masks, part_names, part_targets
 from profd_plugin.host import TMP_PREFIX
-from profd_plugin.parsing import Person, PoseBackend, get_backend, image_fields
+from profd_plugin.parsing import BackendError, Person, PoseBackend, get_backend, image_fields
 from profd_plugin.parsing.backends import torchvision_rcnn
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -248,6 +249,7 @@ def test_corrupt_image_is_reported_and_skipped(tmp_path, capsys):
 @pytest.mark.parametrize("argv, names", [
     (["--images", "{tmp}/nowhere", "--out", "{tmp}/out"], "nowhere"),
     (["--root", "{tmp}", "--dataset", "no_such_set"], "no_such_set"),
+    (["--root", "{tmp}", "--dataset", "synthetic_occluded"], "generated with its masks"),
     (["--root", "{tmp}", "--dataset", "market1501"], "Market-1501"),
     (["--images", "{tmp}/imgs", "--out", "{tmp}/out", "--backend", "schp"], "schp"),
     (["--images", "{tmp}/imgs", "--out", "{tmp}/out", "--root", "{tmp}"], "either"),
@@ -262,9 +264,16 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_mediapipe_is_one_line_with_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mediapipe.python.solutions", None)  # as if not installed
+    with pytest.raises(BackendError, match=r"pip install -e '\.\[masks\]'") as e:
+        get_backend("mediapipe")
+    assert "\n" not in str(e.value)
+
+
 def test_torchvision_weights_hint_says_what_and_where(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(Exception) as e:
+    with pytest.raises(BackendError) as e:
         get_backend("torchvision")
     folder = osp.join(str(tmp_path), "hub", "checkpoints")
     for url in torchvision_rcnn.weight_urls().values():

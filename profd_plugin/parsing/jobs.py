@@ -48,6 +48,8 @@ def dataset_jobs(root: str, dataset: str, masks_dir: str) -> Tuple[List[MaskJob]
     Raises:
         InputError: unknown dataset, or the dataset's ``DatasetError`` (missing folder, empty split, ...).
     """
+    if dataset == SyntheticOccluded.name:
+        raise InputError(f"dataset '{dataset}' is generated with its masks; nothing to make")
     if dataset not in MASK_DATASETS:
         raise InputError(f"unknown dataset '{dataset}'; valid: {', '.join(MASK_DATASETS)}")
     try:

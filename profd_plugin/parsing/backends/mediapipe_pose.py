@@ -8,7 +8,6 @@ person per image, the most confident one. The 17 COCO keypoints are 17 of its 33
 """
 from __future__ import annotations
 
-import os
 import warnings
 from typing import List, Sequence
 
@@ -47,7 +46,6 @@ class MediaPipePose(PoseBackend):
             raise BackendError("the mediapipe backend has its models built in; --weights is for torchvision")
         if device != "cpu":
             raise BackendError(f"the mediapipe backend runs on the CPU only, got device '{device}'")
-        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ info/warning lines on stderr
         try:
             from mediapipe.python.solutions import pose
         except ImportError as e:
