@@ -18,7 +18,7 @@ from PIL import Image
 
 from profd_plugin.data.datasets import DATASETS
 from profd_plugin.data.masks import PIFPAF_FIELDS, PIFPAF_KEYPOINTS, load_part_masks, part_names, part_targets
-from profd_plugin.host import TMP_PREFIX
+from profd_plugin.fileio import TMP_PREFIX
 from profd_plugin.parsing import BackendError, Person, PoseBackend, get_backend, image_fields
 from profd_plugin.parsing.backends import torchvision_rcnn
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from ..data.fields import LIMB_ENDS
 from ..data.masks import MaskParams, part_names, resize_masks, to_parts
-from ..host import atomic_write
+from ..fileio import atomic_write
 
 PREVIEW_GROUPING = "five_v"
 MIN_PREVIEW_HEIGHT = 256  # smaller images are enlarged (nearest) to at least this height

@@ -1,7 +1,7 @@
 """The mask-making loop: batched, resumable, atomic, with a progress bar and preview pictures.
 
 Jobs whose mask file exists are skipped (unless ``overwrite``), so an interrupted run continues where it
-stopped. Every file is written through ``host.atomic_write`` (temporary file + rename): a killed run leaves
+stopped. Every file is written through ``fileio.atomic_write`` (temporary file + rename): a killed run leaves
 no half-written ``.npy``, only ``.tmp-*`` files, which the next run removes from the folders it writes to.
 Images are decoded by a thread pool one batch ahead of the backend. An image that cannot be read (or that
 the backend fails on) is reported and skipped; the others are written.
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..host import atomic_write, remove_stale_temp_files
+from ..fileio import atomic_write, remove_stale_temp_files
 from .base import Person, PoseBackend
 from .convert import MASK_STRIDE, image_fields, keypoint_confidences, select_person
 from .jobs import MaskJob
