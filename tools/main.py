@@ -49,8 +49,20 @@ def setup(args: argparse.Namespace):
     return cfg
 
 
+class _CurrentStdout(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time (the log tee during a run, the console after)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging assigns it in __init__; the property always resolves anew
+        pass
+
+
 def _configure_logging(main_process: bool) -> None:
-    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, stream=sys.stdout,
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, handlers=[_CurrentStdout()],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         force=True)
 

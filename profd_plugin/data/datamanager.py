@@ -117,7 +117,8 @@ def _params_from_node(cls: type, node, **renames: str):
 def dataset_kwargs_from_cfg(cfg) -> Dict[str, Dict[str, Any]]:
     """Extra constructor kwargs per dataset name from a config: every ``profd.synthetic.*`` key (the
     generator parameters and ``cache_dir``) for ``synthetic_occluded``."""
-    return {SyntheticOccluded.name: dict(cfg.profd.synthetic)}
+    node = cfg.profd.synthetic
+    return {SyntheticOccluded.name: {key: node[key] for key in node}}
 
 
 class ProFDDataManager:
