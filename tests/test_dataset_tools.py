@@ -124,8 +124,8 @@ def test_check_dataset_finds_truncated_images_and_masks(tmp_path, market_like, c
     with open(data["bounding_box_train"][1], "wb") as f:
         f.write(b"not an image")
     stem = osp.splitext(osp.basename(data["bounding_box_train"][2]))[0]
-    mask = osp.join(str(tmp_path), "DukeMTMC-reID", "masks", "pifpaf_maskrcnn_filtering", "bounding_box_train",
-                    stem + ".npy")
+    masks = osp.join(str(tmp_path), "DukeMTMC-reID", "masks", "pifpaf_maskrcnn_filtering")
+    mask = osp.join(masks, "bounding_box_train", stem + ".npy")
     full = open(mask, "rb").read()
     with open(mask, "wb") as f:
         f.write(full[: len(full) - 10])  # truncated .npy
