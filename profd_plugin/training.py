@@ -241,9 +241,9 @@ def prepare_run(cfg: CfgNode) -> RunPlan:
                           "<checkpoint>; give model.load_weights none to evaluate the untrained model")
     resume = _resume_path(cfg) if kind == "train" and cfg.model.resume else None
     run_dir = run_dir_of_checkpoint(resume) if resume else None  # a resumed run continues in its folder
-    if is_main_process():
-        run_dir = run_dir or new_run_dir(cfg.data.save_dir, cfg.model.name, kind)
-        write_run_config(run_dir, cfg)  # a resumed run records the config it continues with
+    if is_main_process() and run_dir is None:
+        run_dir = new_run_dir(cfg.data.save_dir, cfg.model.name, kind)
+        write_run_config(run_dir, cfg)
     if is_distributed():  # every rank uses rank 0's folder name
         holder = [run_dir]
         dist.broadcast_object_list(holder, src=0)
@@ -300,6 +300,8 @@ def setup_engine(cfg: CfgNode, plan: Optional[RunPlan] = None):
     kwargs = engine_run_kwargs(cfg, plan.run_dir)
     if plan.resume_path:
         kwargs["start_epoch"] = engine.resume(plan.resume_path)
+        if is_main_process() and run_dir_of_checkpoint(plan.resume_path):
+            write_run_config(plan.run_dir, cfg)  # the config the run continues with, once it fits
     return engine, kwargs
 
 

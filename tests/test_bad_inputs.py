@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from conftest import run_dir, tiny_run_opts
+from conftest import copy_run, tiny_run_opts
 from test_main import CONFIG, MAIN, ROOT, run_main
 
 from profd_plugin import interrupt
@@ -136,25 +136,26 @@ def _signal_at_step(monkeypatch, signum, epoch, step):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_mid_epoch_keeps_the_work(synthetic_root, tmp_path, capsys, monkeypatch, signum):
+def test_signal_mid_epoch_keeps_the_work(synthetic_root, trained_run, tmp_path, capsys, monkeypatch, signum):
     save = str(tmp_path / "log")
-    opts = tiny_run_opts(synthetic_root, save, **{"train.max_epoch": 3, "profd.train.checkpoint_freq": 1})
+    folder = os.path.join(copy_run(trained_run, save), "model")  # epoch 1 done; resume it to epoch 2
+    first_path = os.path.join(folder, "model.pth.tar-1")
+    first = hashlib.sha256(open(first_path, "rb").read()).hexdigest()
+    opts = tiny_run_opts(synthetic_root, save, **{"train.max_epoch": 2, "model.resume": "auto"})
     _signal_at_step(monkeypatch, signum, epoch=2, step=2)
     assert run_main(*opts) == 128 + signum
     out = capsys.readouterr().out
     name = signal.Signals(signum).name
     assert f"Interrupted ({name}) after 1 epoch(s)" in out and "epoch 2 is re-run from its start" in out
-    folder = os.path.join(run_dir(save), "model")
     assert sorted(os.listdir(folder)) == ["model.pth.tar-1", "model.pth.tar-1-interrupted"]
     interrupted = os.path.join(folder, "model.pth.tar-1-interrupted")
     assert torch.load(interrupted, weights_only=True)["epoch"] == 1
-    first = hashlib.sha256(open(os.path.join(folder, "model.pth.tar-1"), "rb").read()).hexdigest()
+    assert hashlib.sha256(open(first_path, "rb").read()).hexdigest() == first  # the earlier one is untouched
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are the process's again
-    assert run_main(*opts, "model.resume", "auto") == 0  # continues from the interrupted checkpoint
+    assert run_main(*opts) == 0  # resume auto continues from the interrupted checkpoint
     assert f'Resumed from "{interrupted}" (epoch 1)' in capsys.readouterr().out
-    assert os.path.exists(os.path.join(folder, "model.pth.tar-3"))
-    assert hashlib.sha256(open(os.path.join(folder, "model.pth.tar-1"), "rb").read()).hexdigest() == first
+    assert torch.load(os.path.join(folder, "model.pth.tar-2"), weights_only=True)["epoch"] == 2
 
 
 class _Exited(Exception):
