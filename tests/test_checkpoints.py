@@ -97,13 +97,17 @@ def test_load_weights_with_another_identity_count_reinitialises(quick_start, tmp
     assert ckpt["num_classes"] == 8 and bool(ckpt["state_dict"]["memory.bank_global.initialized"])
 
 
+def _contents(folder):
+    return {n: open(os.path.join(dp, n), "rb").read() for dp, _, names in os.walk(folder) for n in names}
+
+
 def test_resume_with_another_identity_count_stops(trained_run, tmp_path, capsys):
     path, run = trained_run["checkpoint"], trained_run["run_dir"]
-    files = {name: open(os.path.join(dp, name), "rb").read() for dp, _, names in os.walk(run) for name in names}
+    files = _contents(run)
     opts = tiny_run_opts(str(tmp_path / "data"), str(tmp_path / "r"),
                          **{"model.resume": path, "profd.synthetic.num_ids": 8})
     _one_line_error(capsys, run_main(*opts), path, "classifier.global_fc.weight")
-    after = {name: open(os.path.join(dp, name), "rb").read() for dp, _, names in os.walk(run) for name in names}
+    after = _contents(run)
     assert {n: after[n] for n in files} == files  # the run it refused to continue is untouched
     assert all(n.startswith("train.log") for n in set(after) - set(files))  # (plus the attempt's log)
 
