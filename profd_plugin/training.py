@@ -6,6 +6,7 @@ engine per ``loss.name``), on the same data and evaluation protocol.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -171,6 +172,16 @@ def _may_have_unused_parameters(cfg: CfgNode, criterion) -> bool:
     return min(criterion.weights.values()) == 0 or cfg.profd.decoder.attention != "hybrid"
 
 
+def _no_buffer_sync() -> dict:
+    """DDP keyword that stops buffer broadcasts in forward: the memory banks are kept equal by all-gathered
+    updates, and BN running statistics stay per rank (rank 0's are saved), as with the official
+    ``nn.DataParallel``. Newer torch spells it ``forward_sync_buffers=False`` (``broadcast_buffers`` is
+    deprecated there); it still syncs once at construction, when every rank holds the same seeded values."""
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return {key: False}
+
+
 def engine_run_kwargs(cfg: CfgNode, run_dir: str) -> dict:
     """``Engine.run`` keyword arguments of ``cfg``; everything is written into ``run_dir``."""
     return dict(
@@ -291,11 +302,9 @@ def setup_engine(cfg: CfgNode, plan: Optional[RunPlan] = None):
     scheduler = build_scheduler(cfg, optimizer)
     criterion = build_criterion(cfg)
     if world > 1:
-        # broadcast_buffers=False: the memory banks are kept equal by all-gathered updates, and BN running
-        # statistics stay per rank (rank 0's are saved), as with the official nn.DataParallel
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if use_gpu else None, broadcast_buffers=False,
-            find_unused_parameters=_may_have_unused_parameters(cfg, criterion))
+            model, device_ids=[device.index] if use_gpu else None,
+            find_unused_parameters=_may_have_unused_parameters(cfg, criterion), **_no_buffer_sync())
     engine = build_engine(cfg, datamanager, model, criterion, optimizer, scheduler, use_gpu)
     kwargs = engine_run_kwargs(cfg, plan.run_dir)
     if plan.resume_path:

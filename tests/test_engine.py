@@ -126,14 +126,34 @@ def test_ddp_two_processes_gloo(synthetic_root, tmp_path):
     assert _state(save, 2)["epoch"] == 2
 
 
-def test_torchrun_main_logs_and_writes_once(synthetic_root, tmp_path):
+def test_torchrun_main_logs_once_and_stops_every_rank_on_sigterm(synthetic_root, tmp_path):
     save = str(tmp_path / "torchrun")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
-           MAIN, "--config-file", CONFIG, *tiny_run_opts(synthetic_root, save, **{"train.batch_size": 16})]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+
+    def torchrun(port, **overrides):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+                MAIN, "--config-file", CONFIG,
+                *tiny_run_opts(synthetic_root, save, **{"train.batch_size": 16, **overrides})]
+
+    r = subprocess.run(torchrun("29534"), capture_output=True, text=True, timeout=400, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = run_dir(save)  # one run folder, named by rank 0
     logs = [n for n in os.listdir(run) if n.startswith("train.log")]
     assert len(logs) == 1 and r.stdout.count("| synthetic_occluded") == 1  # rank 0 only
-    assert os.path.exists(os.path.join(run, "results.json"))
+    assert r.stdout.count("Config:") == 1 and r.stdout.count("epoch: [1/1]") == 1  # rank 1 prints nothing
+    assert "deprecated" not in r.stderr and os.path.exists(os.path.join(run, "results.json"))
+
+    # SIGTERM to the whole job (as SLURM or Kubernetes send it): every rank stops at the same step
+    proc = subprocess.Popen(torchrun("29535", **{"model.resume": "auto", "train.max_epoch": 200,
+                                                 "profd.train.checkpoint_freq": 1}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    assert _wait_for(os.path.join(run, "model", "model.pth.tar-2"), proc, timeout=300)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    interrupted = glob.glob(os.path.join(run, "model", "*-interrupted"))
+    assert len(interrupted) == 1, out[-2000:] + err[-2000:]
+    assert torch.load(interrupted[0], weights_only=True)["epoch"] >= 2
+    assert out.count("Interrupted (SIGTERM)") == 1 and "model.resume" in out
+    # no rank died with a traceback (torchrun itself reports the signal it got with one of its own)
+    assert "profd_plugin/" not in err and 'main.py", line' not in err, err[-3000:]
