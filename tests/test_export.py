@@ -377,3 +377,33 @@ def test_failed_file_write_leaves_no_sidecar(tmp_path):
     with pytest.raises(ExportError, match="cannot write"):
         _write(str(blocked), b"onnx bytes", {"format": "onnx"})
     assert sorted(os.listdir(tmp_path)) == ["blocked"] and os.listdir(blocked) == []
+
+
+def _docs_snippet() -> str:
+    text = open(os.path.join(ROOT, "docs", "EXPORT.md")).read()
+    section = text[text.index("## Using an exported file"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_docs_snippet_runs_verbatim_and_its_distance_is_the_packages(onnx_file, reference, tmp_path,
+                                                                     monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    path, _, _ = onnx_file
+    for name in ("profd.onnx", "profd.onnx.json"):
+        os.symlink(os.path.join(os.path.dirname(path), name), tmp_path / name)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(100, 40, 3), dtype=np.uint8)  # another size
+    Image.fromarray(pixels).save(tmp_path / "crop.jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(_docs_snippet(), "docs/EXPORT.md", "exec"), namespace)
+    assert capsys.readouterr().out.strip() == "0.0"
+    assert namespace["glob"].shape == (1, 128) and namespace["vis"].shape == (1, 5)
+    _, _, outputs = reference
+    (qg, qp, qv), (gg, gp, gv) = (outputs[n] for n in TEST_BATCHES)
+    expected = visibility_aware_distance(qg, qp, qv, gg, gp, gv, metric="euclidean", mode="visibility")
+    ours = [[namespace["profd_distance"]((qg[i].numpy(), qp[i].numpy(), qv[i].numpy()),
+                                         (gg[j].numpy(), gp[j].numpy(), gv[j].numpy()))
+             for j in range(len(gg))] for i in range(len(qg))]
+    assert float((torch.tensor(ours) - expected).abs().max()) <= 1e-5
