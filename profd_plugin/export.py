@@ -49,8 +49,6 @@ CHANNELS = 3
 #: batch of the example input a dynamic-batch graph is exported / traced with: torch.export specialises
 #: sizes 0 and 1, so a symbolic batch needs an example of at least 2
 EXAMPLE_BATCH = 2
-#: largest batch a dynamic ONNX graph declares (torch.export wants a finite range for its guards)
-MAX_DYNAMIC_BATCH = 65536
 #: batches a dynamic-batch export is checked at: both differ from EXAMPLE_BATCH, one is the edge case 1
 DYNAMIC_CHECK_BATCHES = (1, 3)
 #: largest max abs difference on any output accepted between an exported file and PyTorch (fp32)
@@ -120,6 +118,8 @@ class ProFDInference(nn.Module):
     Runs ``ProFD.forward`` in eval mode on a view of ``model`` with the prompt set as a constant, so the
     outputs equal ``model(images)`` (:class:`~profd_plugin.modeling.outputs.ProFDEmbeddings`) exactly.
     The input is already resized and normalised (module docstring); its size must be the built size.
+    The prompt set is taken from the model's weights when the module is built: build a new module after
+    changing them.
 
     Args:
         model: a ProFD model (any :class:`ProFD` subclass; its own ``forward`` is not used). It is put in
@@ -199,7 +199,7 @@ def export_onnx(module: ProFDInference, *, batch: Optional[int] = None, opset: O
 
     dynamic = None
     if batch is None:
-        dim = torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)
+        dim = torch.export.Dim("batch", min=1)
         dynamic = {INPUT_NAME: {0: dim}}
     with torch.no_grad(), _quiet_onnx_toolchain():
         program = torch.onnx.export(module, (_example(module, batch),), None, dynamo=True,

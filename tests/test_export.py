@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import logging
 import os
 
 import pytest
@@ -54,10 +55,25 @@ def _load_tool():
 EXPORT = _load_tool()
 
 
+@contextlib.contextmanager
+def _fresh_process_logging():
+    """Root logging as a new process has it: no handlers left behind by in-process ``tools/main.py`` runs
+    of other tests (``logging.basicConfig`` there binds a handler to that run's console, closed since)."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers = []
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.handlers = saved[0]
+        root.setLevel(saved[1])
+
+
 def run_export(*args):
     """(exit code, stdout, stderr) of ``tools/export.py`` run in-process."""
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with _fresh_process_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = EXPORT.main([str(a) for a in args])
         except SystemExit as e:  # argparse errors
