@@ -192,3 +192,17 @@ def copy_run(trained: Dict[str, str], save_dir: str) -> str:
     target = osp.join(save_dir, osp.basename(trained["run_dir"]))
     shutil.copytree(trained["run_dir"], target)
     return target
+
+
+#: set by .ci/run: an optional extra that is missing fails its tests instead of skipping them (in CI a
+#: skipped test counts as a feature not done); ``CI`` (set by most CI services) has the same effect
+REQUIRE_EXTRAS = bool(os.environ.get("PROFD_REQUIRE_EXTRAS") or os.environ.get("CI"))
+
+
+def require_extra(module: str, extra: str):
+    """Import ``module`` of the optional ``[extra]``: skip without it, fail in CI (``REQUIRE_EXTRAS``)."""
+    import importlib
+
+    if REQUIRE_EXTRAS:
+        return importlib.import_module(module)  # an ImportError here fails the test loudly
+    return pytest.importorskip(module, reason=f"needs the optional extra: pip install -e '.[{extra}]'")

@@ -16,6 +16,7 @@ import os
 
 import pytest
 import torch
+from conftest import require_extra
 
 from profd_plugin.checkpoint import build_from_checkpoint, make_checkpoint
 from profd_plugin.config import setup_cfg
@@ -30,6 +31,9 @@ from profd_plugin.export import (
 from profd_plugin.export_files import _write
 from profd_plugin.metrics import visibility_aware_distance
 from profd_plugin.modeling import build_profd_model
+
+require_extra("onnxruntime", "export")  # every test here exports or runs an exported file
+require_extra("onnxscript", "export")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "profd_synthetic.yaml")

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_market_like, make_pid_folders, tiny_run_opts, write_image
+from conftest import make_market_like, make_pid_folders, require_extra, tiny_run_opts, write_image
 from PIL import Image
 
 from profd_plugin.data.datasets import DATASETS
@@ -308,12 +308,9 @@ def test_torchvision_pairs_masks_with_keypoints(tmp_path, monkeypatch):
 
 
 def _need_mediapipe():
-    """Skip without the [masks] extra, except in CI (CI=true), where a skipped test counts as not done."""
-    if os.environ.get("CI"):
-        import mediapipe  # noqa: F401  (fails loudly in CI)
-    else:
-        pytest.importorskip("mediapipe", reason="pip install -e '.[masks]'")
-    return pytest.importorskip("skimage.data")
+    """The [masks] extra: skipped without it, except in CI, where a skipped test counts as not done."""
+    require_extra("mediapipe", "masks")
+    return require_extra("skimage.data", "masks")
 
 
 @pytest.fixture(scope="module")
