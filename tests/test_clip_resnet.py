@@ -24,6 +24,7 @@ from open_clip.tokenizer import SimpleTokenizer
 
 from profd_plugin.config import setup_cfg
 from profd_plugin.data.masks import part_names
+from profd_plugin.errors import ConfigError, WeightsError
 from profd_plugin.losses import ProFDCriterion, ProFDTargets
 from profd_plugin.modeling import ProFD, build_profd_model, clip_backbone
 from profd_plugin.modeling.clip_backbone import TINY_RN_CLIP_CONFIG, ClipResNetBackbone, create_clip
@@ -108,12 +109,12 @@ def test_tiny_rn_config_registered_with_open_clip():
 
 @pytest.mark.parametrize("stride", [12, 8, 64])
 def test_resnet_stride_must_be_16_or_32(stride):
-    with pytest.raises(ValueError, match="profd.clip.stride") as err:
+    with pytest.raises(ConfigError, match="profd.clip.stride") as err:
         _backbone((128, 64), stride)
     assert "16" in str(err.value) and "32" in str(err.value) and "\n" not in str(err.value)
     cfg = setup_cfg(None, ["profd.clip.name", "tiny_rn", "profd.clip.pretrained", "none", "profd.clip.stride",
                            str(stride), "data.height", "128", "data.width", "64"])
-    with pytest.raises(ValueError, match="profd.clip.stride"):
+    with pytest.raises(ConfigError, match="profd.clip.stride"):
         build_profd_model(cfg, 3)
 
 
@@ -243,7 +244,7 @@ def test_load_openai_jit_archive(tmp_path):
 
 def test_vit_checkpoint_does_not_fit_a_resnet(tmp_path):
     torch.save(create_clip("tiny").state_dict(), tmp_path / "vit.pt")
-    with pytest.raises(RuntimeError, match="tiny_rn") as err:
+    with pytest.raises(WeightsError, match="tiny_rn") as err:
         create_clip("tiny_rn", str(tmp_path / "vit.pt"))
     assert "\n" not in str(err.value) and "vit.pt" in str(err.value)
 
@@ -256,7 +257,7 @@ def test_rn50_openai_offline_fails_fast_with_instructions(monkeypatch):
     monkeypatch.setattr(clip_backbone, "_cached_weights", lambda *a, **k: None)
     monkeypatch.setattr(clip_backbone, "_host_reachable", lambda host: False)
     start = time.monotonic()
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(WeightsError) as err:
         create_clip("RN50", "openai")
     assert time.monotonic() - start < 5.0
     message = str(err.value)

@@ -33,6 +33,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
+from ..errors import ConfigError, WeightsError
 from .clip_resnet import ClipResNetBackbone
 from .clip_vit import ClipVisualBackbone
 from .visual import VisualBackbone, grid_size_for, resize_pos_embed
@@ -90,12 +91,12 @@ def _check_model_name(name: str) -> None:
     _register_plugin_configs()
     cfg = open_clip.get_model_config(name)
     if cfg is None:
-        raise KeyError(f"unknown CLIP model '{name}' (profd.clip.name); use an open_clip ViT or ResNet name "
-                       f"such as ViT-B-16 or RN50 (open_clip.list_models()), or tiny / tiny_rn")
+        raise ConfigError(f"unknown CLIP model '{name}' (profd.clip.name); use an open_clip ViT or ResNet "
+                          f"name such as ViT-B-16 or RN50 (open_clip.list_models()), or tiny / tiny_rn")
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     if cfg.get("custom_text") or "timm_model_name" in vision or "hf_model_name" in text:
-        raise ValueError(f"CLIP model '{name}' is not a CLIP ViT or ResNet with the CLIP text transformer, "
-                         f"the kinds ProFD supports")
+        raise ConfigError(f"CLIP model '{name}' is not a CLIP ViT or ResNet with the CLIP text transformer, "
+                          f"the kinds ProFD supports")
 
 
 def build_visual_backbone(visual: nn.Module, *, image_size: Tuple[int, int], stride: int) -> VisualBackbone:
@@ -190,7 +191,7 @@ def _load_weights(model: CLIP, state_dict: Dict[str, Tensor], *, name: str, path
         state_dict["logit_scale"] = state_dict["logit_scale"].reshape(model.logit_scale.shape)
     problem = _first_mismatch(model.state_dict(), state_dict)
     if problem:
-        raise RuntimeError(f"profd.clip.pretrained: CLIP checkpoint {path} does not fit profd.clip.name "
+        raise WeightsError(f"profd.clip.pretrained: CLIP checkpoint {path} does not fit profd.clip.name "
                            f"{name}: {problem}")
     model.load_state_dict(state_dict)
 
@@ -254,7 +255,7 @@ def _fetch_pretrained(name: str, tag: str, cache_dir: Optional[str]) -> str:
     except Exception as err:  # any download failure -> one actionable line, fail fast
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         message = f"profd.clip.pretrained={tag}: could not get the weights ({reason}); {hint}"
-        raise RuntimeError(message) from None
+        raise WeightsError(message) from None
 
 
 def create_clip(name: str = "ViT-B-16", pretrained: str = "none", *, cache_dir: Optional[str] = None,
@@ -290,8 +291,8 @@ def create_clip(name: str = "ViT-B-16", pretrained: str = "none", *, cache_dir: 
     elif os.path.isfile(source):
         path = source
     else:
-        raise FileNotFoundError(f"profd.clip.pretrained: CLIP checkpoint not found: '{source}' is neither "
-                                f"a file nor a known open_clip tag for {name} (use openai, a path or none)")
+        raise WeightsError(f"profd.clip.pretrained: CLIP checkpoint not found: '{source}' is neither "
+                           f"a file nor a known open_clip tag for {name} (use openai, a path or none)")
     state_dict = _read_checkpoint(path)
     model = _build_clip(name, quick_gelu)
     _load_weights(model, state_dict, name=name, path=path)

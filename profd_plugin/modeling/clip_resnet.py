@@ -35,6 +35,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from timm.layers import to_2tuple
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .visual import VisualBackbone
 
 __all__ = ["ClipResNetBackbone", "RESNET_STRIDES"]
@@ -80,8 +81,8 @@ class ClipResNetBackbone(VisualBackbone):
 
     def __init__(self, visual: ModifiedResNet, *, image_size: Tuple[int, int], stride: int) -> None:
         if int(stride) not in RESNET_STRIDES:
-            raise ValueError(f"profd.clip.stride {stride} is not an output stride of a CLIP ResNet: use 32 "
-                             f"(as pretrained) or 16 (last stride 1, as CLIP-ReID)")
+            raise ConfigError(f"profd.clip.stride {stride} is not an output stride of a CLIP ResNet: use 32 "
+                              f"(as pretrained) or 16 (last stride 1, as CLIP-ReID)")
         spatial = visual.attnpool.positional_embedding.shape[0] - 1
         side = math.isqrt(spatial)  # CLIP's square pretraining grid: image_size // 32 (7 at 224)
         super().__init__(patch_size=stride, stride=stride, embed_dim=int(visual.attnpool.c_proj.out_features),
