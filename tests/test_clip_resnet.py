@@ -305,20 +305,30 @@ def test_profd_trains_one_step_with_every_loss_finite(stride):
     assert emb.attention.shape == (3, K + 2, 4 * grid[0] * grid[1])  # any eval size: its own grid
 
 
-def test_main_trains_and_evaluates_a_resnet_profd(synthetic_root, tmp_path, capsys):
+#: (config, CLIP name, positional parameter, its trained shape at 64x32): the main job (tiny_rn, 4x2 map) and
+#: the tiny-ViT config (4x2 patches, width 128) train and evaluate through tools/main.py alike
+MAIN_CASES = [
+    ("profd_synthetic.yaml", "tiny_rn", "backbone.visual.attnpool.positional_embedding",
+     (1 + 4 * 2, CHANNELS)),
+    ("profd_synthetic_vit.yaml", "tiny", "backbone.visual.positional_embedding", (1 + 4 * 2, 128)),
+]
+
+
+@pytest.mark.parametrize("config_name, clip_name, positional, shape", MAIN_CASES)
+def test_main_trains_and_evaluates_both_synthetic_configs(synthetic_root, tmp_path, capsys, config_name,
+                                                          clip_name, positional, shape):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("profd_main", os.path.join(ROOT, "tools", "main.py"))
     main = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(main)
-    config = os.path.join(ROOT, "configs", "profd_synthetic.yaml")
-    opts = tiny_run_opts(synthetic_root, str(tmp_path / "train"), **{"profd.clip.name": "tiny_rn"})
-    assert main.main(["--config-file", config, *opts]) == 0
+    config = os.path.join(ROOT, "configs", config_name)
+    assert setup_cfg(config).profd.clip.name == clip_name
+    assert main.main(["--config-file", config, *tiny_run_opts(synthetic_root, str(tmp_path / "train"))]) == 0
     checkpoint = os.path.join(run_dir(str(tmp_path / "train")), "model", "model.pth.tar-1")
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
-    assert state["backbone.visual.attnpool.positional_embedding"].shape == (1 + 4 * 2, CHANNELS)  # 64x32
-    eval_opts = tiny_run_opts(synthetic_root, str(tmp_path / "eval"), **{"profd.clip.name": "tiny_rn",
-                                                                         "model.load_weights": checkpoint})
+    assert state[positional].shape == shape  # re-gridded to the 64x32 input
+    eval_opts = tiny_run_opts(synthetic_root, str(tmp_path / "eval"), **{"model.load_weights": checkpoint})
     assert main.main(["--config-file", config, "--eval-only", *eval_opts]) == 0
     assert "synthetic_occluded" in capsys.readouterr().out
     run_dir(str(tmp_path / "eval"), kind="eval")
