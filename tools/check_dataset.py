@@ -27,6 +27,7 @@ from profd_plugin.config import ConfigKeyError, setup_cfg
 from profd_plugin.data.datamanager import dataset_kwargs_from_cfg
 from profd_plugin.data.datasets import DatasetError, split_counts
 from profd_plugin.data.masks import part_names
+from profd_plugin.reproduction import PUBLISHED_COUNTS, count_warnings, reads_resize_copy
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -68,9 +69,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         + (" (test only)" if test_only else "")
     )
     print(f"{'split':8s} {'ids':>6s} {'images':>7s}")
-    for split, (ids, images) in split_counts(ds).items():
+    counts = split_counts(ds)
+    for split, (ids, images) in counts.items():
         summary[f"{split}_ids"], summary[f"{split}_images"] = ids, images
         print(f"{split:8s} {ids:6d} {images:7d}")
+    published = count_warnings(args.dataset, counts, resize_used=reads_resize_copy(ds))
+    known = args.dataset in PUBLISHED_COUNTS
+    print("published counts (docs/REPRODUCE.md): " + (published[0] if published else "as published" if known
+                                                      else "none for this dataset"))
     checked = hasattr(ds, "train_mask_problems") and not test_only
     bad = ds.train_mask_problems(grouping, load=not args.quick) if checked else []
     summary["images_without_mask"] = len(bad) if checked else None
