@@ -63,8 +63,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already reported in one line
         return int(e.code or 0)
+    root = logging.getLogger()
+    level = root.level
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    console = root.handlers[-1]
     from profd_plugin.benchmark import run_benchmark  # after logging: its imports log
 
     try:
@@ -76,6 +79,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_INTERRUPTED
     except USER_ERRORS as e:
         return _fail(e, getattr(e, "exit_code", 1))
+    finally:  # called in-process (tests): leave no handler on a console that may be gone afterwards
+        root.removeHandler(console)
+        root.setLevel(level)
     return 0
 
 
