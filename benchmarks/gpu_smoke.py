@@ -12,18 +12,24 @@ Steps (each recorded with ``ok``, ``seconds`` and its figures; a failing step do
 4. ``evaluator``: ``benchmarks/bench_evaluator.py`` (the ranking runs on the CPU side, as in training).
 5. ``throughput``: ``benchmarks/throughput.py --device cuda`` (inference ratio, step breakdown).
 
-    bash benchmarks/gpu_smoke.sh [out_dir]                       # what a GPU machine runs (< 8 minutes)
-    python benchmarks/gpu_smoke.py --device cpu --quick --out x  # dry run of the same code on CPU
+    bash benchmarks/gpu_smoke.sh [out_dir | file.json]            # what a GPU machine runs (< 8 minutes)
+    python benchmarks/gpu_smoke.py --device cpu --quick --json x.json  # dry run of the same code on CPU
+
+The only file written is the report (``--json``, default ``log/gpu_smoke/gpu_smoke.json``); the synthetic
+data, benchmark runs and per-step JSON files go to ``--work`` (default: a temporary folder, removed at the
+end), so a runner that collects a whole output folder gets the report alone.
 
 ``--quick`` shrinks every step (tiny model at 64x32, batch 8, one epoch, small distance problem) so the
 wiring can be checked on a CPU; on CPU ``profd.train.amp`` is ignored, so the three precisions all run
 fp32 there (recorded as ``amp_active: false``).
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from types import SimpleNamespace
@@ -77,7 +83,8 @@ def train_precisions(quick: bool, device: torch.device) -> Dict[str, object]:
     cfg = setup_cfg(os.path.join(ROOT, "configs", "profd_occ_duke.yaml"), opts)
     model = build_profd_model(cfg, NUM_CLASSES).to(device).train()
     criterion = build_profd_criterion(cfg)
-    stub = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=NUM_CLASSES)
+    # batches come from _random_batch, not from a loader; with_masks: the engine's check for mask batches
+    stub = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=NUM_CLASSES, with_masks=True)
     warmup, steps = (1, 2) if quick else (3, 10)
     out: Dict[str, object] = {"model": cfg.profd.clip.name, "stride": cfg.profd.clip.stride,
                               "batch": cfg.train.batch_size, "image_size": [cfg.data.height, cfg.data.width]}
@@ -130,7 +137,7 @@ def _subprocess(cmd: List[str], timeout: float, json_path: Optional[str]) -> Dic
 
 def subprocess_steps(args: argparse.Namespace) -> Dict[str, Callable[[float], Dict[str, object]]]:
     """Steps 2-5 as ``timeout -> result`` callables."""
-    py, out, dev = sys.executable, args.out, args.device
+    py, out, dev = sys.executable, args.work, args.device
     bench_dir = os.path.join(out, "benchmark")
     train_eval = [py, "tools/benchmark.py", "--config-file", "configs/profd_synthetic.yaml", "--models",
                   "profd", "resnet18", "--output", bench_dir, "baselines:train.optim", "adam", "data.root",
@@ -153,8 +160,15 @@ def subprocess_steps(args: argparse.Namespace) -> Dict[str, Callable[[float], Di
 
 
 def environment(device: torch.device) -> Dict[str, object]:
+    from importlib import metadata
+
     env: Dict[str, object] = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
                               "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    for package in ("torchvision", "torchreid", "open_clip_torch", "timm"):  # the versions that ran
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            env[package] = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, gpu_memory_gb=props.total_memory / 2**30,
@@ -193,7 +207,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda (the smoke test) or cpu (a dry run, with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: check the wiring, not the GPU")
-    p.add_argument("--out", default=os.path.join(ROOT, "log", "gpu_smoke"), help="output folder")
+    p.add_argument("--json", default=os.path.join(ROOT, "log", "gpu_smoke", "gpu_smoke.json"),
+                   help="the report file (the only file written outside --work)")
+    p.add_argument("--work", default="", help="scratch folder (default: a temporary one, removed at the end)")
     p.add_argument("--steps", default=",".join(STEP_LIMITS), help="comma-separated steps (default: all)")
     args = p.parse_args(argv)
     args.steps = args.steps.split(",")
@@ -207,12 +223,16 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{torch.version.cuda}); this script needs a GPU machine (--device cpu --quick is a dry run)",
               file=sys.stderr)
         return 1
-    args.out = os.path.abspath(args.out)
-    os.makedirs(args.out, exist_ok=True)
-    report = run(args)
-    path = os.path.join(args.out, "gpu_smoke.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
+    path = os.path.abspath(args.json)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        args.work = os.path.abspath(args.work) if args.work else stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="gpu_smoke_"))
+        os.makedirs(args.work, exist_ok=True)
+        report = run(args)
+    from profd_plugin.fileio import atomic_write
+
+    atomic_write(path, lambda f: json.dump(report, f, indent=2), binary=False)  # whole or absent
     print(f"[gpu_smoke] {'all steps ok' if report['all_ok'] else 'SOME STEPS FAILED'}; written {path}")
     return 0 if report["all_ok"] else 1
 

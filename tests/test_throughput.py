@@ -56,10 +56,12 @@ def test_throughput_quick_run_reports_ratios_and_stages(tmp_path, capsys):
 
 def test_gpu_smoke_dry_run_on_cpu(tmp_path):
     """The in-process step and one scripted step of the GPU smoke test, on CPU (the GPU run is not part of
-    the suite; docs/PERFORMANCE.md says whether it has run)."""
+    the suite; docs/PERFORMANCE.md says whether it has run). The report is the only file written outside
+    the scratch folder."""
     out = tmp_path / "smoke"
-    code = GPU_SMOKE.main(["--device", "cpu", "--quick", "--out", str(out),
+    code = GPU_SMOKE.main(["--device", "cpu", "--quick", "--json", str(out / "gpu_smoke.json"),
                            "--steps", "train_precisions,evaluator"])
+    assert os.listdir(out) == ["gpu_smoke.json"]
     report = json.load(open(out / "gpu_smoke.json"))
     assert code == 0 and report["all_ok"] and set(report["steps"]) == {"train_precisions", "evaluator"}
     precisions = report["steps"]["train_precisions"]
@@ -73,8 +75,23 @@ def test_gpu_smoke_dry_run_on_cpu(tmp_path):
 
 def test_gpu_smoke_without_cuda_fails_fast_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert GPU_SMOKE.main(["--out", str(tmp_path / "smoke")]) == 1
+    assert GPU_SMOKE.main(["--json", str(tmp_path / "smoke" / "gpu_smoke.json")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no CUDA device") and not (tmp_path / "smoke").exists()
     assert GPU_SMOKE.main(["--device", "cpu", "--steps", "nope"]) == 2
     assert "unknown step 'nope'" in capsys.readouterr().err
+
+
+def test_gpu_smoke_sh_without_cuda_writes_nothing(tmp_path):
+    """The shell entry point on this CPU-only machine: one error line, exit 1, no file under $OUT."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_smoke.sh")], capture_output=True,
+                          text=True, env={**os.environ, "OUT": str(out), "PYTHON": sys.executable,
+                                          "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert proc.returncode == 1 and os.listdir(out) == []
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no CUDA device"), proc.stderr
