@@ -4,6 +4,7 @@ import glob
 import importlib.util
 import json
 import os
+import signal
 
 import pytest
 from conftest import tiny_run_opts
@@ -100,27 +101,29 @@ def test_second_invocation_reuses_every_run(two_models, synthetic_root, monkeypa
 
 
 def _interrupt_in_epoch(monkeypatch, epoch):
-    """Ctrl-C at the first step of ``epoch`` (1-based) of the built-in engine."""
+    """A real SIGTERM (what ``timeout``, SLURM and Kubernetes send) at the first step of ``epoch`` (1-based)
+    of the built-in engine."""
     from profd_plugin.engine import TripletEngine
 
     original = TripletEngine.forward_backward
 
     def forward_backward(self, data):
         if self.epoch + 1 == epoch:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
         return original(self, data)
 
     monkeypatch.setattr(TripletEngine, "forward_backward", forward_backward)
 
 
 def test_interrupted_benchmark_resumes_in_its_run_folder(synthetic_root, tmp_path, monkeypatch, capsys):
-    """Ctrl-C in epoch 2, then the same command: the run continues from its checkpoint (that a resumed run
+    """SIGTERM in epoch 2, then the same command: the run continues from its checkpoint (that a resumed run
     equals an uninterrupted one is tests/test_engine.py::test_resume_continues_exactly)."""
     out = tmp_path / "interrupted"
     with monkeypatch.context() as m:
         _interrupt_in_epoch(m, 2)
-        assert bench(synthetic_root, out, BASELINE, **{"train.max_epoch": 2}) == 130
+        assert bench(synthetic_root, out, BASELINE, **{"train.max_epoch": 2}) == 128 + signal.SIGTERM
     assert "run the same command again to resume" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the process's handlers are back
     (run_dir,) = glob.glob(str(out / f"{BASELINE}-train-*"))
     assert os.listdir(os.path.join(run_dir, "model")) == ["model.pth.tar-1-interrupted"]
     assert not os.path.exists(os.path.join(run_dir, "results.json"))

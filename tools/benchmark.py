@@ -18,6 +18,7 @@ parts-only distance. Writes ``<output>/benchmark.md``, ``benchmark.csv`` and ``b
 """
 import argparse
 import logging
+import signal
 import sys
 from typing import List, Optional
 
@@ -26,7 +27,6 @@ from profd_plugin.errors import EXIT_CONFIG_ERROR, ProFDError
 
 # errors whose message is the whole story (bad path or value, missing data or weights): one line, exit != 0
 USER_ERRORS = (ProFDError, FileNotFoundError, ValueError, KeyError)
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,14 +69,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     console = root.handlers[-1]
     from profd_plugin.benchmark import run_benchmark  # after logging: its imports log
+    from profd_plugin.interrupt import exit_code, graceful_shutdown
 
     try:
-        run_benchmark(args.config_file, args.models, args.opts, output=args.output, seeds=args.seeds,
-                      target=args.target, argv=["python", "tools/benchmark.py", *argv])
-    except KeyboardInterrupt:
+        # SIGTERM / SIGINT: the run in progress writes its -interrupted checkpoint, resumed next time
+        with graceful_shutdown(distributed=False):
+            run_benchmark(args.config_file, args.models, args.opts, output=args.output, seeds=args.seeds,
+                          target=args.target, argv=["python", "tools/benchmark.py", *argv])
+    except KeyboardInterrupt as e:
         print(f"interrupted; run the same command again to resume (finished runs in {args.output} are kept)",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code(getattr(e, "signum", signal.SIGINT))  # 143 for SIGTERM, 130 for Ctrl-C
     except USER_ERRORS as e:
         return _fail(e, getattr(e, "exit_code", 1))
     finally:  # called in-process (tests): leave no handler on a console that may be gone afterwards
