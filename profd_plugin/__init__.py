@@ -5,6 +5,7 @@
 
     get_default_config, add_profd_config, setup_cfg        # configuration
     build_profd_model, ProFDEngine                          # model and training loop
+    ProFDExtractor, ProFDFeatures                           # features of a trained model (inference.py)
     metrics.visibility_aware_distance, metrics.evaluate_rank
 """
 import warnings
@@ -37,10 +38,14 @@ def __getattr__(name):
         from .engine import ProFDEngine
 
         return ProFDEngine
+    if name in ("ProFDExtractor", "ProFDFeatures"):
+        from . import inference
+
+        return getattr(inference, name)
     raise AttributeError(f"module 'profd_plugin' has no attribute '{name}'")
 
 
 __all__ = [
     "add_profd_config", "get_default_config", "setup_cfg", "build_profd_model", "ProFDEngine",
-    "metrics", "__version__",
+    "ProFDExtractor", "ProFDFeatures", "metrics", "__version__",
 ]
