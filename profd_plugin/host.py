@@ -1,7 +1,7 @@
 """The few repairs torchreid 0.2.5 needs on current torch / numpy, applied once on ``import profd_plugin``.
 
 The host stays the host: these repairs change no number a torchreid user computes, and each has a test
-in ``tests/test_host.py`` that fails without it.
+in ``tests/test_host.py`` (item 3: ``tests/test_torchreid_variants.py``) that fails without it.
 
 1. ``Engine.save_model`` pickles ``rank1`` as a ``numpy.float32``, so every checkpoint it writes fails
    to load under torch's default ``weights_only=True`` (torch >= 2.6: ``UnpicklingError: Unsupported

@@ -5,8 +5,8 @@
   then per part a bar of the image's visibility and the part distance d_k to the query (``-`` where the
   part is not compared, w_k = v^q_k v^g_k = 0). ``test.visrank True`` writes these for ProFD models.
 * :func:`draw_part_attention` / :func:`save_part_attention`: for each part the spatial-aware attention
-  map of its decoder query (paper Eq. 8, each map scaled to its own range) and its alignment map (the
-  per-patch part probability from Eq. 5, absolute 0-1 scale) over the image, as the paper's Fig. 5;
+  map of its decoder query (paper Eq. 8) and its alignment map (the per-patch part probability from Eq. 5,
+  its maximum printed in the corner) over the image, each scaled to its own range, as the paper's Fig. 5;
   the first column shows the image and the alignment argmax (background unpainted).
 
 Sizes are fixed by the constants below (:func:`ranked_list_size`, :func:`attention_size`); images are shown
@@ -213,10 +213,9 @@ def attention_size(num_parts: int) -> Tuple[int, int]:
             2 * MARGIN + HEADER_H + 2 * TILE_H + GAP)
 
 
-def _heat(tile: np.ndarray, heat: np.ndarray, scale_to_range: bool) -> Image.Image:
-    """``tile`` (TILE_H, TILE_W, 3) uint8 under a jet colour map of ``heat`` (h, w)."""
-    if scale_to_range:
-        heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), _NORM_EPS)
+def _heat(tile: np.ndarray, heat: np.ndarray) -> Image.Image:
+    """``tile`` (TILE_H, TILE_W, 3) uint8 under a jet colour map of ``heat`` (h, w) scaled to its range."""
+    heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), _NORM_EPS)
     up = cv2.resize(heat.astype(np.float32), (TILE_W, TILE_H), interpolation=cv2.INTER_LINEAR)
     colours = cv2.applyColorMap(np.clip(up * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
     return Image.fromarray(((1 - HEAT_ALPHA) * tile + HEAT_ALPHA * colours).astype(np.uint8))
@@ -264,11 +263,14 @@ def draw_part_attention(image: Any, *, part_names: Sequence[str], alignment: Any
         x = MARGIN + LABEL_W + (k + 1) * (TILE_W + GAP)
         draw.text((x, MARGIN), name, fill=BLACK, font=font)
         if spa is not None:
-            canvas.paste(_heat(tile, np.asarray(spa[k], dtype=np.float32), True), (x, rows[0]))
+            canvas.paste(_heat(tile, np.asarray(spa[k], dtype=np.float32)), (x, rows[0]))
         else:
             draw.rectangle([x, rows[0], x + TILE_W - 1, rows[0] + TILE_H - 1], fill=BAR_BG)
             draw.text((x + 4, rows[0] + 4), "no SPA branch", fill=BLACK, font=font)
-        canvas.paste(_heat(tile, alignment[k], False), (x, rows[1]))
+        canvas.paste(_heat(tile, alignment[k]), (x, rows[1]))
+        peak = f"max p {float(alignment[k].max()):.2f}"  # the scale of the map: its own range
+        draw.rectangle([x + 1, rows[1] + 1, x + 1 + TILE_W // 2 + 4, rows[1] + ROW_H], fill=WHITE)
+        draw.text((x + 3, rows[1] + 1), peak, fill=BLACK, font=font)
     return canvas
 
 
