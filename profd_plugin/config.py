@@ -5,15 +5,16 @@
 ``tools/main.py`` and the plugin read, with the same key names. Code defaults follow the official
 ProFD recipe (``Cuixxx/ProFD`` @ 14e47d3, see ``docs/DESIGN.md``), so YAML files stay short deltas.
 
-``setup_cfg(config_file, opts)`` is the one fixed sequence: defaults -> ``add_profd_config`` ->
-``merge_from_file`` -> ``merge_from_list`` -> ``freeze``. Unknown keys raise :class:`ConfigKeyError`
-with the closest valid names.
+``setup_cfg(config_file, opts)`` is the one fixed sequence: defaults -> ``add_profd_config`` -> YAML
+file -> command-line ``opts`` -> ``validation.validate_config`` -> ``freeze``. Unknown keys raise
+:class:`ConfigKeyError` with the closest valid names, every other problem a one-line
+:class:`~profd_plugin.errors.ConfigError`. Nothing here imports torch.
 """
 from __future__ import annotations
 
 import difflib
 import os
-from typing import Iterable, List, Optional, Sequence
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from yacs.config import CfgNode as CN
 
@@ -43,12 +44,10 @@ def _host_config() -> CN:
     cfg.model.resume = ""  # path to a checkpoint to resume training from ('auto' = latest in save_dir)
 
     cfg.data = CN()
-    cfg.data.type = "image"
     cfg.data.root = "reid-data"  # folder that holds the dataset folders
     cfg.data.sources = ["synthetic_occluded"]  # training datasets
     cfg.data.targets = ["synthetic_occluded"]  # test datasets (one table row each)
     cfg.data.workers = 2  # data-loader worker processes
-    cfg.data.split_id = 0
     cfg.data.height = 256
     cfg.data.width = 128
     cfg.data.combineall = False
@@ -62,7 +61,6 @@ def _host_config() -> CN:
 
     cfg.sampler = CN()
     cfg.sampler.train_sampler = "RandomIdentitySampler"
-    cfg.sampler.train_sampler_t = "RandomIdentitySampler"
     cfg.sampler.num_instances = 4  # K images per identity in a batch
     cfg.sampler.num_cams = 1
     cfg.sampler.num_datasets = 1
@@ -251,49 +249,85 @@ def _check_keys(cfg: CN, names: Iterable[str], source: str) -> None:
             raise ConfigKeyError(f"unknown config key '{name}' in {source}{hint}")
 
 
-def _yaml_keys(path: str) -> List[str]:
+def _leaves(data: dict, prefix: str = "") -> List[Tuple[str, Any]]:
+    out = []
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        out.extend(_leaves(v, name + ".") if isinstance(v, dict) else [(name, v)])
+    return out
+
+
+def _read_yaml(path: str) -> dict:
+    """The YAML file as a dict; syntax errors become one line naming the file, line and column."""
     import yaml
 
-    with open(path, "r") as f:
-        data = yaml.safe_load(f) or {}
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "r") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path}{where}: YAML syntax error ({problem})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read ({err})") from None
     if not isinstance(data, dict):
-        raise ConfigKeyError(f"config file {path} must hold a mapping of keys")
-
-    def leaves(d, prefix=""):
-        out = []
-        for k, v in d.items():
-            name = f"{prefix}{k}"
-            out.extend(leaves(v, name + ".") if isinstance(v, dict) else [name])
-        return out
-
-    return leaves(data)
+        raise ConfigError(f"config file {path} must hold a mapping of keys")
+    return data
 
 
-def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:
-    """Defaults -> ``add_profd_config`` -> YAML -> command-line ``opts`` -> freeze.
+def _typed(cfg: CN, key: str, value: Any, source: str) -> Any:
+    """``value`` with the type of ``key``'s default (int -> float and tuple <-> list are converted)."""
+    default = cfg
+    for part in key.split("."):
+        default = default[part]
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return list(value)
+    if type(value) is not type(default) and not (isinstance(default, str) and isinstance(value, str)):
+        expected = {bool: "True or False", int: "an integer", float: "a number", str: "a string",
+                    list: "a list"}.get(type(default), type(default).__name__)
+        raise ConfigError(f"{key} = {value!r} in {source}: must be {expected} (default {default!r})")
+    return value
+
+
+def _decode(text: Any) -> Any:
+    """A command-line value as yacs reads it (a Python literal, else the string itself)."""
+    return CN._decode_cfg_value(text)
+
+
+def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True,
+              validate: bool = True) -> CN:
+    """Defaults -> ``add_profd_config`` -> YAML -> command-line ``opts`` -> validate -> freeze.
+
+    Values take the type of their default (``train.lr 1`` is the float 1.0).
 
     Raises:
-        ConfigKeyError: an unknown key (naming it and the closest valid ones), an odd-length
-            ``opts`` list, or a value of the wrong type.
-        FileNotFoundError: ``config_file`` does not exist.
+        ConfigKeyError: an unknown key (naming it and the closest valid ones).
+        ConfigError: a missing or unreadable config file, a YAML syntax error (file, line, column), an
+            odd-length ``opts`` list, a value of the wrong type, or (``validate``) any value that
+            :func:`profd_plugin.validation.validate_config` rejects.
     """
     cfg = get_default_config()
     if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"config file not found: {config_file}")
-        _check_keys(cfg, _yaml_keys(config_file), config_file)
-        try:
-            cfg.merge_from_file(config_file)
-        except (ValueError, AssertionError, KeyError) as e:
-            raise ConfigKeyError(f"bad value in {config_file}: {e}") from None
+        data = _read_yaml(config_file)
+        pairs = _leaves(data)
+        _check_keys(cfg, [k for k, _ in pairs], config_file)
+        for key, value in pairs:
+            cfg.merge_from_list([key, _typed(cfg, key, value, config_file)])
     opts = list(opts)
     if len(opts) % 2:
-        raise ConfigKeyError(f"command-line options must be 'key value' pairs; got {len(opts)} items: {opts}")
+        raise ConfigError(f"command-line options must be 'key value' pairs; got {len(opts)} items: {opts}")
     _check_keys(cfg, opts[0::2], "the command line")
-    try:
-        cfg.merge_from_list(opts)
-    except (ValueError, AssertionError, KeyError) as e:
-        raise ConfigKeyError(f"bad command-line value: {e}") from None
+    for key, text in zip(opts[0::2], opts[1::2]):
+        cfg.merge_from_list([key, _typed(cfg, key, _decode(text), "the command line")])
+    if validate:
+        from .validation import validate_config
+
+        validate_config(cfg)
     if freeze:
         cfg.freeze()
     return cfg

@@ -21,7 +21,7 @@ import math
 import os.path as osp
 import random
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,10 +30,12 @@ from torchreid.reid.engine import Engine, ImageSoftmaxEngine, ImageTripletEngine
 from yacs.config import CfgNode
 
 from .checkpoint import checkpoint_config, load_model_state, make_checkpoint, read_checkpoint, verify_config
+from .choices import AMP_MODES
 from .distributed import get_rank, is_distributed, is_main_process
-from .errors import CheckpointError, NonFiniteLossError
+from .errors import CheckpointError, NonFiniteLossError, ProFDError
 from .evaluation import EvaluationMixin
 from .fileio import atomic_torch_save, remove_stale_temp_files
+from .interrupt import TrainingInterrupted, stop_requested
 from .losses import ProFDTargets
 from .runs import CHECKPOINT_DIR, CHECKPOINT_PREFIX
 
@@ -179,11 +181,15 @@ class LoopMixin(EvaluationMixin):
                     rank1 = self._test_on_main(test_kw)
                 if done % max(self.checkpoint_freq, 1) == 0 or done == max_epoch:
                     self.save_checkpoint(done, save_dir, rank1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             # mid-epoch: the weights so far with the scheduler at the epoch start (the epoch is re-run);
             # after an epoch (during a test or a save): the completed epoch
             path = self.save_checkpoint(done, save_dir, rank1, suffix="-interrupted")
-            print(f"Interrupted after {done} epoch(s); resume with model.resume {path}")
+            signame = interrupt.args[0] if isinstance(interrupt, TrainingInterrupted) else "SIGINT"
+            what = f"epoch {done + 1} is re-run from its start" if done < max_epoch else \
+                "the final evaluation is re-run"
+            print(f"Interrupted ({signame}) after {done} epoch(s). Resume with: model.resume {path} "
+                  f"(or model.resume auto); {what}")
             raise
         print("=> Final test")  # also when resuming a finished run: its results are reported again
         self._test_on_main(test_kw)
@@ -192,6 +198,22 @@ class LoopMixin(EvaluationMixin):
             self.writer.close()
             self.writer = None
         return self.results
+
+    def stop_flags(self, nonfinite: bool = False) -> Tuple[bool, Optional[int]]:
+        """Agree across ranks on (a non-finite loss somewhere, a stop signal somewhere): one all-reduce."""
+        flags = torch.tensor([float(nonfinite), float(stop_requested() or 0)], device=self._device)
+        if is_distributed():
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        signum = int(flags[1].item())
+        return bool(flags[0].item()), (signum or None)
+
+    def forward_backward(self, data):
+        """torchreid's step (built-in engines), after polling for a stop signal under DDP."""
+        if is_distributed():
+            _, signum = self.stop_flags()
+            if signum:
+                raise TrainingInterrupted(signum)
+        return super().forward_backward(data)
 
     def _test_on_main(self, test_kw: dict) -> float:
         rank1 = self.test(**test_kw) if is_main_process() else 0.0
@@ -220,9 +242,14 @@ class ProFDEngine(LoopMixin, Engine):
     def __init__(self, datamanager, model, criterion, optimizer, scheduler=None, *, use_gpu: bool = True,
                  amp: str = "none", grad_clip: float = 0.0, memory_init: bool = True, seed: int = 0,
                  checkpoint_freq: int = 10, config: Optional[CfgNode] = None):
+        if not getattr(datamanager, "with_masks", False):
+            raise ProFDError("ProFDEngine needs a data manager that yields part masks: "
+                             "profd_plugin.data.datamanager.ProFDDataManager(..., with_masks=True) or "
+                             ".from_cfg(cfg, with_masks=True) (torchreid's ImageDataManager yields images "
+                             "only; it can train ProFD's global branch through torchreid's own engines)")
         super().__init__(datamanager, use_gpu)
-        if amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"profd.train.amp must be none | bf16 | fp16, got '{amp}'")
+        if amp not in AMP_MODES:
+            raise ValueError(f"profd.train.amp must be one of {AMP_MODES}, got '{amp}'")
         self.model, self.criterion = model, criterion
         self.optimizer, self.scheduler = optimizer, scheduler
         self.register_model("model", model, optimizer, scheduler)
@@ -261,12 +288,12 @@ class ProFDEngine(LoopMixin, Engine):
             yield global_bn, parts_bn, pids
 
     def _check_finite(self, values: Dict[str, float]) -> None:
-        """Stop every rank (the decision is all-reduced) before a step on a non-finite loss."""
+        """Stop every rank before a step on a non-finite loss or a stop signal (one all-reduce decides)."""
         bad = [name for name, v in values.items() if not math.isfinite(v)]
-        flag = torch.tensor([float(bool(bad))], device=self._device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item():
+        nonfinite, signum = self.stop_flags(bool(bad))
+        if signum:
+            raise TrainingInterrupted(signum)
+        if nonfinite:
             where = f"epoch {self.epoch + 1} step {self.batch_idx + 1}"
             terms = ", ".join(f"{n} = {values[n]}" for n in bad) if bad else "on another rank"
             raise NonFiniteLossError(f"non-finite loss at {where}: {terms}; lower train.lr, enable "

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .errors import DatasetError
 from .metrics import evaluate_rank_host_compatible, visibility_aware_distance
 
 logger = logging.getLogger(__name__)
@@ -151,8 +152,11 @@ class EvaluationMixin:
             distmat = torch.from_numpy(re_ranking(distmat.numpy(), distmat_qq.numpy(), distmat_gg.numpy()))
         distmat = distmat.numpy()
         t2 = time.time()
-        cmc, mAP = evaluate_rank_host_compatible(distmat, q_pids, g_pids, q_camids, g_camids,
-                                                 use_metric_cuhk03=use_metric_cuhk03)
+        try:
+            cmc, mAP = evaluate_rank_host_compatible(distmat, q_pids, g_pids, q_camids, g_camids,
+                                                     use_metric_cuhk03=use_metric_cuhk03)
+        except ValueError as e:  # e.g. no query identity in the gallery: the data, not the code
+            raise DatasetError(f"target '{dataset_name}': {e}") from None
         t3 = time.time()
         row = {f"rank{r}": float(cmc[min(r, len(cmc)) - 1]) for r in REPORTED_RANKS}
         row["mAP"] = float(mAP)

@@ -117,6 +117,8 @@ def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = Fa
 
 def apply_host_fixes() -> None:
     """Install the repairs into torchreid (idempotent)."""
+    import torchreid  # noqa: F401  (a first import integrates the plugin, which calls this function)
+
     if ORIGINALS:
         return
     from torchreid.reid import utils

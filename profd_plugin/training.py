@@ -6,6 +6,7 @@ engine per ``loss.name``), on the same data and evaluation protocol.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -171,6 +172,16 @@ def _may_have_unused_parameters(cfg: CfgNode, criterion) -> bool:
     return min(criterion.weights.values()) == 0 or cfg.profd.decoder.attention != "hybrid"
 
 
+def _no_buffer_sync() -> dict:
+    """DDP keyword that stops buffer broadcasts in forward: the memory banks are kept equal by all-gathered
+    updates, and BN running statistics stay per rank (rank 0's are saved), as with the official
+    ``nn.DataParallel``. Newer torch spells it ``forward_sync_buffers=False`` (``broadcast_buffers`` is
+    deprecated there); it still syncs once at construction, when every rank holds the same seeded values."""
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return {key: False}
+
+
 def engine_run_kwargs(cfg: CfgNode, run_dir: str) -> dict:
     """``Engine.run`` keyword arguments of ``cfg``; everything is written into ``run_dir``."""
     return dict(
@@ -241,9 +252,9 @@ def prepare_run(cfg: CfgNode) -> RunPlan:
                           "<checkpoint>; give model.load_weights none to evaluate the untrained model")
     resume = _resume_path(cfg) if kind == "train" and cfg.model.resume else None
     run_dir = run_dir_of_checkpoint(resume) if resume else None  # a resumed run continues in its folder
-    if is_main_process():
-        run_dir = run_dir or new_run_dir(cfg.data.save_dir, cfg.model.name, kind)
-        write_run_config(run_dir, cfg)  # a resumed run records the config it continues with
+    if is_main_process() and run_dir is None:
+        run_dir = new_run_dir(cfg.data.save_dir, cfg.model.name, kind)
+        write_run_config(run_dir, cfg)
     if is_distributed():  # every rank uses rank 0's folder name
         holder = [run_dir]
         dist.broadcast_object_list(holder, src=0)
@@ -291,15 +302,15 @@ def setup_engine(cfg: CfgNode, plan: Optional[RunPlan] = None):
     scheduler = build_scheduler(cfg, optimizer)
     criterion = build_criterion(cfg)
     if world > 1:
-        # broadcast_buffers=False: the memory banks are kept equal by all-gathered updates, and BN running
-        # statistics stay per rank (rank 0's are saved), as with the official nn.DataParallel
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if use_gpu else None, broadcast_buffers=False,
-            find_unused_parameters=_may_have_unused_parameters(cfg, criterion))
+            model, device_ids=[device.index] if use_gpu else None,
+            find_unused_parameters=_may_have_unused_parameters(cfg, criterion), **_no_buffer_sync())
     engine = build_engine(cfg, datamanager, model, criterion, optimizer, scheduler, use_gpu)
     kwargs = engine_run_kwargs(cfg, plan.run_dir)
     if plan.resume_path:
         kwargs["start_epoch"] = engine.resume(plan.resume_path)
+        if is_main_process() and run_dir_of_checkpoint(plan.resume_path):
+            write_run_config(plan.run_dir, cfg)  # the config the run continues with, once it fits
     return engine, kwargs
 
 

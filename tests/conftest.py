@@ -154,6 +154,60 @@ def run_dir(save_dir: str, kind: str = "train", model: str = "profd") -> str:
     return found[0]
 
 
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG = osp.join(ROOT, "configs", "profd_synthetic.yaml")
+
+
+def load_main():
+    """``tools/main.py`` as a module (its ``main(argv)`` runs in-process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("profd_main", osp.join(ROOT, "tools", "main.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_root, tmp_path_factory) -> Dict[str, str]:
+    """One finished 1-epoch run of the main job's config on ``synthetic_root`` (``tiny_run_opts``), shared
+    by every test that needs a trained ProFD run: ``save_dir``, ``run_dir``, ``checkpoint`` (epoch 1),
+    ``stdout``. Tests that modify a run work on a copy (:func:`copy_run`)."""
+    import contextlib
+    import io
+
+    save = str(tmp_path_factory.mktemp("trained") / "log")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert load_main().main(["--config-file", CONFIG, *tiny_run_opts(synthetic_root, save)]) == 0
+    run = run_dir(save)
+    return {"save_dir": save, "run_dir": run, "checkpoint": osp.join(run, "model", "model.pth.tar-1"),
+            "stdout": out.getvalue()}
+
+
+def copy_run(trained: Dict[str, str], save_dir: str) -> str:
+    """Copy the trained run folder into ``save_dir`` (a fresh data.save_dir); returns the copy's folder."""
+    import shutil
+
+    target = osp.join(save_dir, osp.basename(trained["run_dir"]))
+    shutil.copytree(trained["run_dir"], target)
+    return target
+
+
+#: set by .ci/run: an optional extra that is missing fails its tests instead of skipping them (in CI a
+#: skipped test counts as a feature not done); ``CI`` (set by most CI services) has the same effect
+REQUIRE_EXTRAS = bool(os.environ.get("PROFD_REQUIRE_EXTRAS") or os.environ.get("CI"))
+
+
+def require_extra(module: str, extra: str):
+    """Import ``module`` of the optional ``[extra]``: skip without it, fail in CI (``REQUIRE_EXTRAS``)."""
+    import importlib
+
+    if REQUIRE_EXTRAS:
+        return importlib.import_module(module)  # an ImportError here fails the test loudly
+    return pytest.importorskip(module, reason=f"needs the optional extra: pip install -e '.[{extra}]'")
+
+
 def make_profd_checkpoint(path: str, root: str, *, seed: int = 0, num_classes: int = 6, **overrides) -> str:
     """Write a checkpoint of a fresh tiny ProFD with the ``tiny_run_opts`` config (+ ``overrides``), as
     ``tools/main.py`` would: its BN running statistics are set to seeded random values, so that the

@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from conftest import run_dir, tiny_run_opts
+from conftest import copy_run, run_dir, tiny_run_opts
 from test_main import MAIN, run_main
 
 from profd_plugin.checkpoint import (
@@ -28,12 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 
 
-@pytest.fixture(scope="module")
-def quick_start(synthetic_root, tmp_path_factory):
-    """(save_dir, checkpoint) of a 1-epoch run of the main job's config."""
-    save = str(tmp_path_factory.mktemp("quick") / "log")
-    assert run_main(*tiny_run_opts(synthetic_root, save)) == 0
-    return save, os.path.join(run_dir(save), "model", "model.pth.tar-1")
+@pytest.fixture
+def quick_start(trained_run):
+    """(save_dir, checkpoint) of a 1-epoch run of the main job's config (shared: read only)."""
+    return trained_run["save_dir"], trained_run["checkpoint"]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +74,9 @@ def test_quick_start_checkpoint_rebuilds_exactly(quick_start, synthetic_root):
     assert all(torch.equal(state[k], v) for k, v in ckpt["state_dict"].items())
 
 
-def test_eval_only_with_the_quick_start_checkpoint(quick_start, synthetic_root, tmp_path, capsys):
-    save, path = quick_start
+def test_eval_only_with_the_quick_start_checkpoint(trained_run, synthetic_root, tmp_path, capsys):
+    save = str(tmp_path / "log")  # a copy of the run: evaluating writes a folder next to it
+    path = os.path.join(copy_run(trained_run, save), "model", "model.pth.tar-1")
     train_results = json.load(open(os.path.join(run_dir(save), "results.json")))
     code = run_main(*tiny_run_opts(synthetic_root, save, **{"model.load_weights": path}), "--eval-only")
     assert code == 0
@@ -98,11 +97,19 @@ def test_load_weights_with_another_identity_count_reinitialises(quick_start, tmp
     assert ckpt["num_classes"] == 8 and bool(ckpt["state_dict"]["memory.bank_global.initialized"])
 
 
-def test_resume_with_another_identity_count_stops(quick_start, tmp_path, capsys):
-    _, path = quick_start
+def _contents(folder):
+    return {n: open(os.path.join(dp, n), "rb").read() for dp, _, names in os.walk(folder) for n in names}
+
+
+def test_resume_with_another_identity_count_stops(trained_run, tmp_path, capsys):
+    path, run = trained_run["checkpoint"], trained_run["run_dir"]
+    files = _contents(run)
     opts = tiny_run_opts(str(tmp_path / "data"), str(tmp_path / "r"),
                          **{"model.resume": path, "profd.synthetic.num_ids": 8})
     _one_line_error(capsys, run_main(*opts), path, "classifier.global_fc.weight")
+    after = _contents(run)
+    assert {n: after[n] for n in files} == files  # the run it refused to continue is untouched
+    assert all(n.startswith("train.log") for n in set(after) - set(files))  # (plus the attempt's log)
 
 
 @pytest.mark.parametrize("loader", ["model.load_weights", "model.resume"])
@@ -161,11 +168,9 @@ def test_truncated_and_foreign_files(quick_start, synthetic_root, tmp_path, caps
             _one_line_error(capsys, run_main(*opts), str(bad), needle)
 
 
-def test_runs_never_overwrite_each_other(quick_start, synthetic_root, tmp_path, capsys):
+def test_runs_never_overwrite_each_other(trained_run, synthetic_root, tmp_path, capsys):
     save = str(tmp_path / "shared")
-    profd = tiny_run_opts(synthetic_root, save)
-    assert run_main(*profd) == 0
-    first = run_dir(save)
+    first = copy_run(trained_run, save)  # a finished ProFD run of tiny_run_opts' config
     results = open(os.path.join(first, "results.json")).read()
     osnet = tiny_run_opts(synthetic_root, save, **{"model.name": "osnet_x0_25", "loss.name": "softmax",
                                                    "train.optim": "adam"})

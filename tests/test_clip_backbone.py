@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from profd_plugin.config import get_default_config
 from profd_plugin.data.masks import part_names
+from profd_plugin.errors import ConfigError, WeightsError
 from profd_plugin.modeling import ProFD, build_profd_model, clip_backbone
 from profd_plugin.modeling.clip_backbone import (
     TINY_CLIP_CONFIG,
@@ -146,9 +147,9 @@ def test_random_init_is_plain_clip(quick_gelu):
 
 
 def test_unknown_or_unsupported_model_names():
-    with pytest.raises(KeyError, match="no-such-model"):
+    with pytest.raises(ConfigError, match="no-such-model"):
         create_clip("no-such-model")
-    with pytest.raises(ValueError, match="plain ViT"):
+    with pytest.raises(ConfigError, match="plain ViT"):
         create_clip("RN50")
 
 
@@ -235,14 +236,14 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path):
     assert "\n" not in message and "other.pt" in message and "tiny" in message and "shape" in message
     partial = {k: v for k, v in _tiny_clip().state_dict().items() if k != "visual.proj"}
     torch.save(partial, tmp_path / "partial.pt")
-    with pytest.raises(RuntimeError, match="visual.proj") as err:
+    with pytest.raises(WeightsError, match="visual.proj") as err:
         create_clip("tiny", str(tmp_path / "partial.pt"))
     assert "\n" not in str(err.value)
 
 
 def test_missing_checkpoint_path_is_named(tmp_path):
     missing = str(tmp_path / "nope" / "ViT-B-16.pt")
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(WeightsError, match="nope"):
         create_clip("tiny", missing)
 
 

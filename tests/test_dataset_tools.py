@@ -1,5 +1,6 @@
 """tools/check_dataset.py and tools/download_masks.py, run in-process."""
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -33,6 +34,17 @@ def download_masks():
     return load_tool("download_masks")
 
 
+def tree_digest(folder) -> str:
+    """sha256 over every file's relative path, size and content (what 'nothing changed' means)."""
+    digest = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            path = osp.join(dirpath, name)
+            digest.update(osp.relpath(path, folder).encode())
+            digest.update(open(path, "rb").read())
+    return digest.hexdigest()
+
+
 def last_json(out):
     return json.loads(out.strip().splitlines()[-1])
 
@@ -50,7 +62,10 @@ def test_check_dataset_json_matches_dataset(tmp_path, market_like, check_dataset
     )
     os.remove(mask_dir / f"{names[0]}.npy")
     np.save(mask_dir / f"{names[1]}.npy", np.zeros((7, 4, 2)))
-    assert check_dataset.main(["--root", str(tmp_path), "--dataset", "dukemtmcreid", "--json"]) == 0
+    before = tree_digest(tmp_path)
+    args = ["--root", str(tmp_path), "--dataset", "dukemtmcreid", "--json"]
+    assert check_dataset.main(args) == 1  # problems found
+    assert tree_digest(tmp_path) == before  # the checker never writes
     out = capsys.readouterr().out
     summary = last_json(out)
     ds = DukeMTMCreID(root=str(tmp_path), verbose=False)
@@ -62,12 +77,13 @@ def test_check_dataset_json_matches_dataset(tmp_path, market_like, check_dataset
         "query_images",
         "gallery_ids",
         "gallery_images",
+        "unreadable_images",
         "images_without_mask",
     ]
     assert summary["train_images"] == len(ds.train) and summary["train_ids"] == ds.num_train_pids
     assert summary["query_images"] == len(ds.query) and summary["gallery_images"] == len(ds.gallery)
     assert summary["gallery_ids"] == len({pid for _, pid, _, _ in ds.gallery})
-    assert summary["images_without_mask"] == 2
+    assert summary["images_without_mask"] == 2 and summary["unreadable_images"] == 0
     assert "(missing)" in out and "malformed" in out and names[0] in out
 
 
@@ -77,24 +93,60 @@ def test_check_dataset_missing_folder(tmp_path, check_dataset, capsys):
     assert err.startswith("error: dataset 'occluded_duke' not found") and len(err.strip().splitlines()) == 1
 
 
-def test_check_dataset_synthetic(synthetic_root, synthetic_params, check_dataset, capsys):
-    opts = [x for k, v in synthetic_params.items() for x in (f"profd.synthetic.{k}", str(v))]
-    assert (
-        check_dataset.main(["--root", synthetic_root, "--dataset", "synthetic_occluded", "--json", *opts])
-        == 0
-    )
+def test_check_dataset_synthetic_is_read_only(synthetic_root, synthetic_params, check_dataset, capsys):
+    before = tree_digest(synthetic_root)
+    # no generator parameters given: the set on disk is checked as it is, not regenerated with the defaults
+    assert check_dataset.main(["--root", synthetic_root, "--dataset", "synthetic_occluded", "--json"]) == 0
     summary = last_json(capsys.readouterr().out)
     n = synthetic_params["num_ids"] * synthetic_params["images_per_id"]
     assert summary["train_images"] == n and summary["images_without_mask"] == 0
+    assert summary["train_ids"] == synthetic_params["num_ids"]
+    assert tree_digest(synthetic_root) == before
+
+
+def test_check_dataset_synthetic_missing_or_generate(tmp_path, synthetic_params, check_dataset, capsys):
+    root = str(tmp_path / "empty")
+    assert check_dataset.main(["--root", root, "--dataset", "synthetic_occluded"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not generated" in err[0] and "--generate" in err[0]
+    assert not os.path.exists(root)  # nothing written
+    opts = [x for k, v in synthetic_params.items() for x in (f"profd.synthetic.{k}", str(v))]
+    assert check_dataset.main(["--root", root, "--dataset", "synthetic_occluded", "--generate", "--json",
+                               *opts]) == 0
+    assert last_json(capsys.readouterr().out)["train_ids"] == synthetic_params["num_ids"]
+
+
+def test_check_dataset_finds_truncated_images_and_masks(tmp_path, market_like, check_dataset, capsys):
+    data = market_like(str(tmp_path / "DukeMTMC-reID"), junk=False)
+    good = open(data["query"][0], "rb").read()
+    with open(data["query"][0], "wb") as f:  # a truncated JPEG: the header is fine, pixels are missing
+        f.write(good[: len(good) // 2])
+    with open(data["bounding_box_train"][1], "wb") as f:
+        f.write(b"not an image")
+    stem = osp.splitext(osp.basename(data["bounding_box_train"][2]))[0]
+    masks = osp.join(str(tmp_path), "DukeMTMC-reID", "masks", "pifpaf_maskrcnn_filtering")
+    mask = osp.join(masks, "bounding_box_train", stem + ".npy")
+    full = open(mask, "rb").read()
+    with open(mask, "wb") as f:
+        f.write(full[: len(full) - 10])  # truncated .npy
+    before = tree_digest(tmp_path)
+    assert check_dataset.main(["--root", str(tmp_path), "--dataset", "dukemtmcreid", "--json"]) == 1
+    out = capsys.readouterr().out
+    summary = last_json(out)  # the summary still comes last
+    assert summary["unreadable_images"] == 2 and summary["images_without_mask"] == 1
+    assert data["query"][0] in out and data["bounding_box_train"][1] in out and "malformed" in out
+    assert tree_digest(tmp_path) == before
+    # --quick only checks existence: the truncated files go unnoticed, and it says nothing is wrong
+    assert check_dataset.main(["--root", str(tmp_path), "--dataset", "dukemtmcreid", "--quick"]) == 0
 
 
 @pytest.mark.parametrize("grouping_opts", [["--grouping", "six"], ["profd.masks.grouping", "six"]])
 def test_check_dataset_unknown_grouping(tmp_path, market_like, check_dataset, capsys, grouping_opts):
     market_like(str(tmp_path / "DukeMTMC-reID"), junk=False)
-    assert check_dataset.main(["--root", str(tmp_path), "--dataset", "dukemtmcreid", *grouping_opts]) == 1
+    assert check_dataset.main(["--root", str(tmp_path), "--dataset", "dukemtmcreid", *grouping_opts]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown part grouping 'six'") and len(err.strip().splitlines()) == 1
-    assert "five_v, full, two_v" in err
+    assert err.startswith("error: ") and "'six'" in err and len(err.strip().splitlines()) == 1
+    assert all(name in err for name in ("five_v", "two_v", "full"))
 
 
 def test_check_dataset_test_only_reports_null(tmp_path, pid_folders, check_dataset, capsys):

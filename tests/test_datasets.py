@@ -10,7 +10,8 @@ from torchreid.reid.data.datasets import init_image_dataset
 from torchreid.reid.data.datasets.image.dukemtmcreid import DukeMTMCreID as HostDuke
 from torchreid.reid.data.datasets.image.market1501 import Market1501 as HostMarket
 
-from profd_plugin.data.builtin import host_dataset_registry, register_datasets
+from profd_plugin.choices import PLUGIN_DATASETS
+from profd_plugin.data.builtin import ADAPTER_CLASSES, host_dataset_registry, register_datasets
 from profd_plugin.data.datasets import (
     DATASETS,
     DatasetError,
@@ -226,8 +227,9 @@ def test_registration_idempotent_and_host_kwargs(tmp_path, market_like):
     register_datasets()
     register_datasets()
     registry = host_dataset_registry()
+    assert set(ADAPTER_CLASSES) == set(DATASETS) == set(PLUGIN_DATASETS)
     for name, cls in DATASETS.items():
-        assert registry[name] is cls
+        assert registry[name].adapter is cls  # a lazy constructor of the adapter
     market_like(str(tmp_path / "Market-1501-v15.09.15"))
     ds = init_image_dataset(  # the kwargs torchreid's ImageDataManager passes
         "market1501",

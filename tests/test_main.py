@@ -1,24 +1,12 @@
 """``tools/main.py`` end to end on a tiny synthetic set (CPU): a torchreid built-in and ProFD."""
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
-from conftest import run_dir, tiny_run_opts
+from conftest import CONFIG, ROOT, load_main, run_dir, tiny_run_opts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "profd_synthetic.yaml")
-
-
-def _load_main():
-    spec = importlib.util.spec_from_file_location("profd_main", os.path.join(ROOT, "tools", "main.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MAIN = _load_main()
+MAIN = load_main()
 
 
 def run_main(*opts) -> int:
@@ -57,11 +45,13 @@ def test_builtin_model_trains_evaluates_and_checkpoint_reloads(synthetic_root, t
     _check_results(str(tmp_path / "eval"), capsys, kind="eval", model="osnet_x0_25")
 
 
-def test_profd_trains_one_epoch_and_evaluates(synthetic_root, tmp_path, capsys):
-    save = str(tmp_path / "profd")
-    assert run_main(*tiny_run_opts(synthetic_root, save)) == 0
-    _check_results(save, capsys)
-    ckpt = torch.load(os.path.join(run_dir(save), "model", "model.pth.tar-1"), weights_only=True)
+def test_profd_trains_one_epoch_and_evaluates(trained_run):
+    out = trained_run["stdout"]
+    assert "| dataset" in out and "| synthetic_occluded" in out and "=> Initialising memory banks" in out
+    results = json.load(open(os.path.join(trained_run["run_dir"], "results.json")))
+    assert set(results["synthetic_occluded"]) == {"rank1", "rank5", "rank10", "mAP"}
+    assert all(0.0 <= v <= 1.0 for v in results["synthetic_occluded"].values())
+    ckpt = torch.load(trained_run["checkpoint"], weights_only=True)
     assert bool(ckpt["state_dict"]["memory.bank_global.initialized"])  # banks are checkpointed
     assert bool(ckpt["state_dict"]["memory.bank_parts.initialized"])
     assert ckpt["optimizer"]["state"] and ckpt["scheduler"] is not None

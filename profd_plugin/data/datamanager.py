@@ -26,6 +26,7 @@ from torchreid.reid.data.sampler import build_train_sampler
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import ConfigError
 from .builtin import register_datasets
 from .datasets import DatasetError, SyntheticOccluded, load_train_mask, split_counts
 from .masks import MaskParams, part_names, part_targets
@@ -117,7 +118,8 @@ def _params_from_node(cls: type, node, **renames: str):
 def dataset_kwargs_from_cfg(cfg) -> Dict[str, Dict[str, Any]]:
     """Extra constructor kwargs per dataset name from a config: every ``profd.synthetic.*`` key (the
     generator parameters and ``cache_dir``) for ``synthetic_occluded``."""
-    return {SyntheticOccluded.name: dict(cfg.profd.synthetic)}
+    node = cfg.profd.synthetic
+    return {SyntheticOccluded.name: {key: node[key] for key in node}}
 
 
 class ProFDDataManager:
@@ -236,7 +238,7 @@ class ProFDDataManager:
         """Build from a config (``data.*``, ``sampler.*``, ``train.batch_size/seed``, ``test.batch_size``,
         ``profd.masks.*``, ``profd.augment.*``, ``profd.synthetic.*``)."""
         if cfg.data.k_tfm != 1 or cfg.data.load_train_targets:
-            raise ValueError(
+            raise ConfigError(
                 "data.k_tfm > 1 and data.load_train_targets are not supported by ProFDDataManager"
             )
         return cls(
@@ -350,7 +352,7 @@ class ProFDDataManager:
             or batch_size % self.world_size
             or (batch_size // self.world_size) % num_instances
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"distributed training needs RandomIdentitySampler and train.batch_size ({batch_size}) "
                 f"divisible by world_size ({self.world_size}) x sampler.num_instances ({num_instances})"
             )

@@ -34,7 +34,7 @@ from .layout import (
     masks_root,
 )
 from .masks import MalformedMaskError, load_part_masks
-from .synthetic import DEFAULT_PARAMS, ensure_synthetic_occluded
+from .synthetic import DATASET_FOLDER, DEFAULT_PARAMS, META_FILE, ensure_synthetic_occluded
 
 __all__ = [
     "DatasetError",
@@ -386,6 +386,8 @@ class SyntheticOccluded(OccludedDuke):
     Args:
         root: generation root (``cfg.data.root``), unless ``cache_dir`` is set.
         cache_dir: generate under this folder instead of ``root``.
+        generate: (re)generate the dataset if it is missing or was made with other parameters (default);
+            False reads the existing folder as it is and never writes.
         **kwargs: generator parameters (the keys of ``synthetic.DEFAULT_PARAMS``; the data manager passes
             ``cfg.profd.synthetic.*``, torchreid passes none so the generator defaults apply); the
             remaining kwargs go to :class:`ReIDDataset`.
@@ -414,8 +416,14 @@ class SyntheticOccluded(OccludedDuke):
         except ValueError as e:  # bad profd.synthetic.* value
             raise DatasetError(f"dataset '{cls.name}': {e} (profd.synthetic.*)") from None
 
-    def __init__(self, root: str = "", cache_dir: str = "", **kwargs) -> None:
-        folder = self.ensure(root, cache_dir, **kwargs)
+    def __init__(self, root: str = "", cache_dir: str = "", generate: bool = True, **kwargs) -> None:
+        if generate:
+            folder = self.ensure(root, cache_dir, **kwargs)
+        else:  # read what is there, whatever parameters it was made with (tools that only check)
+            folder = osp.join(osp.abspath(osp.expanduser(cache_dir or root)), DATASET_FOLDER)
+            if not osp.isfile(osp.join(folder, META_FILE)):
+                raise DatasetError(f"dataset '{self.name}' is not generated at {folder} (no {META_FILE}); "
+                                   "training generates it, or pass --generate to tools/check_dataset.py")
         self.dir_candidates = (osp.basename(folder),)  # where the generator put it
         super().__init__(osp.dirname(folder), **{k: v for k, v in kwargs.items() if k not in DEFAULT_PARAMS})
 

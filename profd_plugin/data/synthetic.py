@@ -44,13 +44,14 @@ from .synthetic_draw import (  # noqa: F401  (re-exported: the occlusion spec)
 
 __all__ = [
     "generate_synthetic_occluded", "ensure_synthetic_occluded", "build_plan", "render_job", "ImageJob",
-    "Sample", "DATASET_FOLDER", "DEFAULT_PARAMS", "MASK_STRIDE", "FORMAT_VERSION",
+    "Sample", "DATASET_FOLDER", "META_FILE", "DEFAULT_PARAMS", "MASK_STRIDE", "FORMAT_VERSION",
 ]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3  # bump whenever the output changes, so ensure_synthetic_occluded regenerates
 DATASET_FOLDER = "synthetic_occluded"
+META_FILE = "meta.json"  # written last: its presence marks a complete dataset
 MASK_STRIDE = 8  # mask grid = image / 8 (256x128 -> 32x16), like the ~30x15 BPBReID files
 JPEG_QUALITY = 90
 NUM_CAMERAS = 8
@@ -243,7 +244,7 @@ def generate_synthetic_occluded(dataset_dir: str, **params: int) -> dict:
                      "occluded": sum(j.occluded for j in jobs if j.split == split)} for split in SPLITS}
     meta = {"format_version": FORMAT_VERSION, "params": params, "stats": stats, "occlusions": occlusions,
             "identities": {f"{pid:04d}": outfits[pid] for pid in sorted(outfits)}}
-    with open(os.path.join(dataset_dir, "meta.json"), "w") as f:
+    with open(os.path.join(dataset_dir, META_FILE), "w") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
     logger.info("synthetic_occluded: %d images in %.1f s -> %s", len(jobs), time.perf_counter() - start,
                 dataset_dir)
@@ -252,7 +253,7 @@ def generate_synthetic_occluded(dataset_dir: str, **params: int) -> dict:
 
 def _is_current(dataset_dir: str, params: dict) -> bool:
     try:
-        with open(os.path.join(dataset_dir, "meta.json")) as f:
+        with open(os.path.join(dataset_dir, META_FILE)) as f:
             meta = json.load(f)
     except (OSError, ValueError):
         return False

@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .masks import NUM_PIFPAF_FIELDS, PIFPAF_KEYPOINTS, PIFPAF_LIMBS
+from .fields import LIMB_ENDS, cell_coverage, cell_support, field_sigmas, render_fields
+from .parts import NUM_PIFPAF_FIELDS, PIFPAF_KEYPOINTS
 
 COVERAGE_RANGE = (0.2, 0.6)  # fraction of the body's pixels an occluder hides
 OCCLUDER_KINDS = ("car", "box", "pole", "sign", "person")
@@ -28,7 +29,6 @@ SKIN_TONES = np.array([(245, 210, 185), (225, 180, 140), (190, 140, 100), (140, 
 MATERIALS = np.array([(150, 110, 70), (110, 110, 110), (60, 80, 120), (70, 110, 60)])  # boxes, poles
 HAIR_TONES = np.array([(20, 18, 15), (60, 40, 25), (110, 75, 40), (190, 160, 100), (140, 140, 140)])
 _KP = {name: i for i, name in enumerate(PIFPAF_KEYPOINTS)}
-_LIMB_ENDS = np.array([[_KP[end] for end in name.split("_to_")] for name in PIFPAF_LIMBS])  # (19, 2)
 
 
 def _rgb(colour) -> Tuple[int, ...]:
@@ -339,9 +339,7 @@ def _confidence_fields(rng: np.random.Generator, kp: np.ndarray, g: dict, body: 
     filtering), so they are zero on background and on every cell that the occluder covers at least half of.
     """
     (H, W), s = body.shape, stride
-    h, w = H // s, W // s
-    support = np.clip(2.0 * (body & ~occ).reshape(h, s, w, s).mean((1, 3)), 0, 1)
-    support *= occ.reshape(h, s, w, s).mean((1, 3)) < 0.5
+    support = cell_support(body & ~occ, s) * (cell_coverage(occ, s) < 0.5)  # (h, w)
     xi, yi = np.round(kp).astype(int).T
     seen = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
     seen &= ~occ[np.clip(yi, 0, H - 1), np.clip(xi, 0, W - 1)]
@@ -349,15 +347,7 @@ def _confidence_fields(rng: np.random.Generator, kp: np.ndarray, g: dict, body: 
     if g["view"] == "back":  # nose and eyes: detectors rarely fire on them from behind
         conf[:3] *= 0.3 * (rng.random(3) < 0.3)
     p = kp + rng.normal(0, 0.012 * g["hp"], kp.shape)  # (17, 2)
-    q = np.stack(np.meshgrid((np.arange(w) + 0.5) * s, (np.arange(h) + 0.5) * s), -1)  # (h, w, 2) centres
-    # blob and band widths; PifPaf's fields live on a stride-8 grid, so they never get thinner than ~a cell
-    sigma_k, sigma_l = max(0.04 * g["hp"], 0.8 * s), max(0.03 * g["hp"], 0.75 * s)
-    keypoints = conf[:, None, None] * np.exp(-((q - p[:, None, None]) ** 2).sum(-1) / (2 * sigma_k ** 2))
-    a = p[_LIMB_ENDS[:, 0]][:, None, None]  # (19, 1, 1, 2) limb start
-    ab = (p[_LIMB_ENDS[:, 1]] - p[_LIMB_ENDS[:, 0]])[:, None, None]  # (19, 1, 1, 2) limb vector
-    u = ((q - a) * ab).sum(-1, keepdims=True) / np.maximum((ab ** 2).sum(-1, keepdims=True), 1e-6)
-    u = np.clip(u, 0, 1)  # (19, h, w, 1) position of the nearest point on the limb
-    limb_conf = rng.uniform(0.65, 1.0, 19) * seen[_LIMB_ENDS].any(1) * (rng.random(19) > 0.06)
-    limbs = limb_conf[:, None, None] * np.exp(-((q - a - u * ab) ** 2).sum(-1) / (2 * sigma_l ** 2))
-    fields = np.concatenate([keypoints, limbs]) * support * rng.uniform(0.85, 1.0, (NUM_PIFPAF_FIELDS, h, w))
+    limb_conf = rng.uniform(0.65, 1.0, 19) * seen[LIMB_ENDS].any(1) * (rng.random(19) > 0.06)
+    fields = render_fields(p, conf, limb_conf, grid=support.shape, stride=s, sigmas=field_sigmas(g["hp"], s))
+    fields = fields * support * rng.uniform(0.85, 1.0, (NUM_PIFPAF_FIELDS, *support.shape))
     return np.clip(fields, 0, 1).astype(np.float32)

@@ -32,6 +32,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..choices import TRAIN_TRANSFORMS
 from .masks import resize_masks
 
 __all__ = [
@@ -43,9 +44,6 @@ __all__ = [
     "build_train_transform",
     "build_test_transform",
 ]
-
-#: valid ``cfg.data.transforms`` names
-TRAIN_TRANSFORMS: Tuple[str, ...] = ("random_flip", "random_crop", "random_erase", "color_jitter")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
+from ..choices import DIVERSITY_MODES
+
 __all__ = [
     "identity_loss", "euclidean_distance", "batch_hard_triplet_loss", "spatial_attention_loss",
     "alignment_loss", "diversity_loss", "focal_visibility_loss", "DIVERSITY_MODES",
@@ -27,7 +29,6 @@ __all__ = [
 DISTANCE_EPS = 1e-12
 #: log(A + eps) guard of the attention loss (official ``part_based_engine.py:170``).
 ATTENTION_LOG_EPS = 1e-5
-DIVERSITY_MODES = ("softmax", "mean")
 
 
 def identity_loss(logits: Tensor, labels: Tensor, label_smooth: float) -> Tensor:

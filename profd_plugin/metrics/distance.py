@@ -19,11 +19,11 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
+from ..choices import DIST_METRICS, DIST_MODES
+
 __all__ = ["visibility_aware_distance", "paired_visibility_aware_distance", "GalleryEmbedding",
            "embed_gallery", "embed_queries", "candidate_distance"]
 
-DIST_METRICS = ("euclidean", "cosine")
-DIST_MODES = ("visibility", "global", "parts")
 
 # metric -> (c, p): the pair term before the square root is c w^p (1 - cos); see _embed.
 _METRIC_FORM = {"euclidean": (2.0, 2), "cosine": (1.0, 1)}

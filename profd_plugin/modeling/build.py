@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode
 
+from ..choices import HOST_LOSSES as TORCHREID_LOSSES
 from ..data.masks import part_names
 from .clip_backbone import TINY_CLIP_NAME, create_clip
 from .outputs import ProFDEmbeddings
@@ -28,8 +29,6 @@ from .profd import ProFD
 
 __all__ = ["build_profd_model", "profd_torchreid_factory", "ProFDTorchreidAdapter",
            "torchreid_embedding", "model_kwargs"]
-
-TORCHREID_LOSSES = ("softmax", "triplet")
 
 
 def model_kwargs(cfg: CfgNode) -> Dict[str, Any]:

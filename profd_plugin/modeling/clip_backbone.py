@@ -40,6 +40,8 @@ from open_clip.model import CLIP
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
+from ..errors import ConfigError, WeightsError
+
 __all__ = ["TINY_CLIP_CONFIG", "TINY_CLIP_NAME", "resize_pos_embed", "create_clip", "ClipVisualBackbone",
            "grid_size_for"]
 
@@ -133,13 +135,13 @@ def _check_model_name(name: str) -> None:
     _register_tiny_config()
     cfg = open_clip.get_model_config(name)
     if cfg is None:
-        raise KeyError(f"unknown CLIP model '{name}' (profd.clip.name); use 'tiny' or an open_clip ViT name "
-                       f"such as ViT-B-16 (open_clip.list_models())")
+        raise ConfigError(f"unknown CLIP model '{name}' (profd.clip.name); use 'tiny' or an open_clip ViT "
+                          f"name such as ViT-B-16 (open_clip.list_models())")
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     if cfg.get("custom_text") or "timm_model_name" in vision or "hf_model_name" in text or \
             isinstance(vision.get("layers"), (list, tuple)):
-        raise ValueError(f"CLIP model '{name}' is not a plain ViT + CLIP text transformer, "
-                         f"the only kind ProFD supports")
+        raise ConfigError(f"CLIP model '{name}' is not a plain ViT + CLIP text transformer, "
+                          f"the only kind ProFD supports")
 
 
 class _DropNotice(logging.Filter):
@@ -218,7 +220,7 @@ def _load_weights(model: CLIP, state_dict: Dict[str, Tensor], *, name: str, path
         state_dict["logit_scale"] = state_dict["logit_scale"].reshape(model.logit_scale.shape)
     problem = _first_mismatch(model.state_dict(), state_dict)
     if problem:
-        raise RuntimeError(f"profd.clip.pretrained: CLIP checkpoint {path} does not fit profd.clip.name "
+        raise WeightsError(f"profd.clip.pretrained: CLIP checkpoint {path} does not fit profd.clip.name "
                            f"{name}: {problem}")
     model.load_state_dict(state_dict)
 
@@ -282,7 +284,7 @@ def _fetch_pretrained(name: str, tag: str, cache_dir: Optional[str]) -> str:
     except Exception as err:  # any download failure -> one actionable line, fail fast
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         message = f"profd.clip.pretrained={tag}: could not get the weights ({reason}); {hint}"
-        raise RuntimeError(message) from None
+        raise WeightsError(message) from None
 
 
 def create_clip(name: str = "ViT-B-16", pretrained: str = "none", *, cache_dir: Optional[str] = None,
@@ -317,8 +319,8 @@ def create_clip(name: str = "ViT-B-16", pretrained: str = "none", *, cache_dir: 
     elif os.path.isfile(source):
         path = source
     else:
-        raise FileNotFoundError(f"profd.clip.pretrained: CLIP checkpoint not found: '{source}' is neither "
-                                f"a file nor a known open_clip tag for {name} (use openai, a path or none)")
+        raise WeightsError(f"profd.clip.pretrained: CLIP checkpoint not found: '{source}' is neither "
+                           f"a file nor a known open_clip tag for {name} (use openai, a path or none)")
     state_dict = _read_checkpoint(path)
     model = _build_clip(name, quick_gelu)
     _load_weights(model, state_dict, name=name, path=path)

@@ -33,13 +33,16 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..choices import ATTENTION_MODES
+
 __all__ = ["HybridAttentionLayer", "HybridAttentionDecoder", "DecoderOutput", "DECODER_ATTENTION_MODES"]
 
 #: std of the truncated-normal init of every ``nn.Linear`` (official ``profd.py:283-291``).
 LINEAR_INIT_STD = 0.02
 #: The SPA branch is a single-head attention so that its map is one distribution per query.
 SPA_HEADS = 1
-DECODER_ATTENTION_MODES = ("hybrid", "sea", "spa")
+#: the ``profd.decoder.attention`` choices that build a decoder (``none`` builds none)
+DECODER_ATTENTION_MODES = tuple(m for m in ATTENTION_MODES if m != "none")
 
 
 class DecoderOutput(NamedTuple):

@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..choices import VISIBILITY_MODES
+
 __all__ = ["BNNeck", "IdentityClassifier", "PartBatchNorm", "VisibilityHead", "alignment_scores",
            "visibility_scores", "VISIBILITY_MODES"]
 
 #: std of the identity classifier init (official ``profd.py:33``).
 CLASSIFIER_INIT_STD = 0.001
-VISIBILITY_MODES = ("softmax", "sigmoid")
 
 
 class BNNeck(nn.Module):

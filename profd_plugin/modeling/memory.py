@@ -25,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..choices import MEMORY_UPDATE_MODES
 from ..distributed import all_gather_cat
 
 __all__ = ["PrototypeMemory", "MemoryBanks", "MEMORY_UPDATE_MODES", "prototype_contrastive_loss"]
-
-MEMORY_UPDATE_MODES = ("hard", "mean")
 
 
 def prototype_contrastive_loss(features: Tensor, prototypes: Tensor, labels: Tensor,

@@ -25,6 +25,7 @@ from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
+from ..choices import ATTENTION_MODES
 from .clip_backbone import ClipVisualBackbone
 from .decoder import HybridAttentionDecoder
 from .heads import (
@@ -42,8 +43,6 @@ from .targets import patch_labels, weighted_average_pooling
 
 __all__ = ["ProFD", "ATTENTION_MODES"]
 
-#: ``profd.decoder.attention`` choices; ``none`` = no decoder, weighted average pooling (Table 3, line 1).
-ATTENTION_MODES = ("hybrid", "sea", "spa", "none")
 _BACKBONE_PREFIX = "backbone."
 
 
