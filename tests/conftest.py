@@ -233,6 +233,6 @@ def make_profd_checkpoint(path: str, root: str, *, seed: int = 0, num_classes: i
 
 
 @pytest.fixture(scope="session")
-def profd_checkpoint(synthetic_root, tmp_path_factory) -> str:
-    """A tiny ProFD checkpoint (64x32, 6 identities) of the ``synthetic_root`` run config."""
-    return make_profd_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "model.pth.tar-1"), synthetic_root)
+def profd_checkpoint(trained_run) -> str:
+    """The checkpoint ``tools/main.py`` wrote for the shared ``trained_run`` (tiny ProFD, 64x32, epoch 1)."""
+    return trained_run["checkpoint"]

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import make_profd_checkpoint, tiny_run_opts
+from conftest import make_profd_checkpoint, require_extra, tiny_run_opts
 from PIL import Image
 from test_main import CONFIG, MAIN, ROOT
 
@@ -142,7 +142,7 @@ def test_rank_and_distance(extractor, query_paths):
     assert torch.allclose(top.distances, full.distances[:, :3])
     for mode in ("global", "parts"):
         assert not torch.equal(extractor.distance(q, feats, mode=mode), dist)
-    pytest.importorskip("faiss", reason="the [search] extra (installed by .ci/run)")
+    require_extra("faiss", "search")
     index = extractor.build_index(feats, kind="flat")
     approx = extractor.rank(q, feats, topk=3, index=index)
     assert torch.equal(approx.indices, top.indices)

@@ -80,7 +80,7 @@ def test_candidate_distance_equals_the_full_matrix(sides, metric, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_flat_index_is_exact(sides, mode):
-    pytest.importorskip("faiss", reason="the [search] extra (installed by .ci/run)")
+    require_extra("faiss", "search")
     q, g = sides
     index = search.CandidateIndex(g, kind="flat", mode=mode)
     exact = search.exact_topk(q, g, 5, mode=mode)
@@ -93,7 +93,7 @@ def test_flat_index_is_exact(sides, mode):
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_indexes_recall_the_exact_top_k(kind):
-    pytest.importorskip("faiss", reason="the [search] extra (installed by .ci/run)")
+    require_extra("faiss", "search")
     gen = torch.Generator().manual_seed(2)
     centers = torch.randn(40, 32, generator=gen)
     q, g = _side(50, gen, 0.8, centers=centers), _side(2000, gen, 0.8, centers=centers)

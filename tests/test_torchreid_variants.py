@@ -125,12 +125,18 @@ def test_feature_extractor_stops_with_one_line(profd_checkpoint, synthetic_root,
     assert "\n" not in error and str(bare) in error
 
 
-def test_bare_state_dict_of_the_same_shape_loads_exactly(tmp_path):
+def test_torchreid_engine_checkpoint_of_the_same_shape_loads_exactly(tmp_path):
+    from types import SimpleNamespace
+
+    from torchreid.reid.engine import Engine
     from torchreid.reid.models import build_model
 
     trained = build_model("profd_tiny", 5, pretrained=False)
-    path = tmp_path / "model.pth.tar-3"
-    torch.save({"state_dict": trained.state_dict(), "epoch": 3}, path)  # what torchreid's engine writes
+    # what torchreid's own engines write after `import profd_plugin` (the repaired Engine.save_model)
+    engine = SimpleNamespace(get_model_names=lambda: ["model"], _models={"model": trained},
+                             _optims={"model": None}, _scheds={"model": None})
+    Engine.save_model(engine, 2, 0.5, str(tmp_path))
+    path = tmp_path / "model" / "model.pth.tar-3"
     fe = _feature_extractor("profd_tiny", str(path), size=(128, 64))
     images = torch.randn(2, 3, 128, 64)
     with torch.no_grad():
