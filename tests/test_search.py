@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import require_extra
 
 from profd_plugin.metrics import search
 from profd_plugin.metrics.distance import (
