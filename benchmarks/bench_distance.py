@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--num-q", type=int, default=None)
     parser.add_argument("--num-g", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--json", default="", help="also write the summary to this JSON file")
     parser.add_argument("--worker", choices=["cdist", "profd"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.num_q is None or args.num_g is None:
@@ -116,11 +117,15 @@ def main() -> None:
     for _ in range(args.rounds):  # alternate the methods so that load changes on a shared box hit both
         for method in results:
             results[method].append(spawn(method, args))
-    report(results)
+    summary = report(results)
+    if args.json:
+        summary.update(num_q=args.num_q, num_g=args.num_g, device=args.device, chunk_size=args.chunk_size)
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
 
 
-def report(results: dict) -> None:
-    """Prints the table, the paired per-round ratios and the PASS/MISS verdicts."""
+def report(results: dict) -> dict:
+    """Prints the table, the paired per-round ratios and the PASS/MISS verdicts; returns the figures."""
     summary = {}
     for method, runs in results.items():
         times = [t for r in runs for t in r["times"]]
@@ -145,6 +150,9 @@ def report(results: dict) -> None:
     print(f"  target <= {TIME_TARGET}: {'PASS' if ratio <= TIME_TARGET else 'MISS'}")
     print(f"peak extra memory of ours: {ours['mem']:.0f} MiB  (target < {MEMORY_TARGET_MIB} MiB): "
           f"{'PASS' if ours['mem'] < MEMORY_TARGET_MIB else 'MISS'}")
+    return {"time_ratio": ratio, "paired_ratios": paired, "time_target": TIME_TARGET,
+            "memory_target_mib": MEMORY_TARGET_MIB,
+            **{f"{m}_{k}": v for m, r in summary.items() for k, v in r.items() if k != "times"}}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ and tools can report a config error before torch is imported. Public API::
     get_default_config, add_profd_config, setup_cfg        # configuration (light)
     ProFDError and subclasses (profd_plugin.errors)        # user errors (light)
     build_profd_model, ProFDEngine, metrics                # model, training loop, matching (import torch)
+    ProFDExtractor, ProFDFeatures                          # features of a trained model (inference.py)
 """
 import importlib.abc
 import importlib.util
@@ -72,6 +73,10 @@ def __getattr__(name):
         from .engine import ProFDEngine
 
         return ProFDEngine
+    if name in ("ProFDExtractor", "ProFDFeatures"):
+        from . import inference
+
+        return getattr(inference, name)
     if name in ("metrics", "registry", "host"):
         import importlib
 
@@ -81,5 +86,5 @@ def __getattr__(name):
 
 __all__ = [
     "add_profd_config", "get_default_config", "setup_cfg", "ProFDError", "build_profd_model", "ProFDEngine",
-    "metrics", "integrate_with_torchreid", "__version__",
+    "ProFDExtractor", "ProFDFeatures", "metrics", "integrate_with_torchreid", "__version__",
 ]

@@ -36,6 +36,7 @@ from .errors import CheckpointError
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "ARCHITECTURE_KEYS", "IDENTITY_PREFIXES", "make_checkpoint",
     "read_checkpoint", "checkpoint_config", "verify_config", "load_model_state", "build_from_checkpoint",
+    "config_value", "load_into_built_model", "VARIANT_FREE_KEYS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,16 @@ ARCHITECTURE_KEYS = (
 )
 #: state entries whose shape depends on the number of training identities (classifiers, memory banks)
 IDENTITY_PREFIXES = ("classifier.", "memory.")
+#: architecture keys in which a model built elsewhere (a torchreid variant) may differ from its checkpoint:
+#: the input size (the positional grid is re-gridded to the checkpoint's before loading) and the
+#: normalisation (the caller's preprocessing, e.g. FeatureExtractor's pixel_mean / pixel_std)
+VARIANT_FREE_KEYS = ("data.height", "data.width", "data.norm_mean", "data.norm_std")
+#: test-time model attributes taken from the checkpoint's config: they change features, not tensors
+_TEST_TIME_ATTRIBUTES = {
+    "visibility_mode": "profd.visibility.test_mode", "visibility_temperature": "profd.visibility.temperature",
+    "visibility_threshold": "profd.visibility.threshold",
+    "alignment_logit_scale": "profd.loss.alignment_logit_scale",
+}
 _DDP_PREFIX = "module."
 
 
@@ -149,7 +160,8 @@ def checkpoint_config(ckpt: Mapping[str, Any], path: str) -> Optional[CfgNode]:
     return cfg
 
 
-def _get(cfg: CfgNode, key: str) -> Any:
+def config_value(cfg: CfgNode, key: str) -> Any:
+    """The value of a dotted key (lists for sequences, so values compare across YAML round trips)."""
     node = cfg
     for part in key.split("."):
         node = node[part]
@@ -167,7 +179,7 @@ def verify_config(ckpt_cfg: Optional[CfgNode], cfg: CfgNode, path: str) -> None:
         return
     keys = ARCHITECTURE_KEYS if cfg.model.name == "profd" else ARCHITECTURE_KEYS[:1]
     for key in keys:
-        theirs, ours = _get(ckpt_cfg, key), _get(cfg, key)
+        theirs, ours = config_value(ckpt_cfg, key), config_value(cfg, key)
         if theirs != ours:
             raise CheckpointError(f"checkpoint {path} was trained with {key} {theirs!r}, this run has "
                                   f"{ours!r} (use the config the checkpoint was trained with: it is stored "
@@ -250,3 +262,45 @@ def build_from_checkpoint(path: str, *, device: str = "cpu", overrides: Tuple[st
     model = build_profd_model(cfg, int(ckpt["num_classes"]))
     load_model_state(model, ckpt, path)
     return model.to(device).eval(), cfg, ckpt
+
+
+def load_into_built_model(model: torch.nn.Module, path: str) -> Optional[CfgNode]:
+    """Load a plugin checkpoint into a ProFD built elsewhere (torchreid's ``build_model(<variant>)``).
+
+    The checkpoint's stored config must agree with the config the model was built with (its
+    ``build_config``, set by ``profd_torchreid_factory``) on every :data:`ARCHITECTURE_KEYS` key except
+    :data:`VARIANT_FREE_KEYS`; the positional grid is re-gridded to the checkpoint's trained size
+    (``backbone.set_image_size``), the test-time visibility settings are taken from the checkpoint, and
+    every tensor must fit except the identity-count ones (:data:`IDENTITY_PREFIXES`). A checkpoint without
+    a config (torchreid's own ``save_checkpoint``) is checked tensor by tensor.
+
+    Returns:
+        The checkpoint's config (None for a checkpoint without one).
+
+    Raises:
+        CheckpointError: one line naming the file and the first difference (and the variant that fits).
+    """
+    model = getattr(model, "module", model)
+    ckpt = read_checkpoint(path)
+    ckpt_cfg = checkpoint_config(ckpt, path)
+    built = getattr(model, "build_config", None)
+    if ckpt_cfg is not None:
+        if ckpt_cfg.model.name != "profd":
+            raise CheckpointError(f"checkpoint {path} holds a '{ckpt_cfg.model.name}' model, not ProFD: load "
+                                  f"it with model_name='{ckpt_cfg.model.name}'")
+        keys = tuple(k for k in ARCHITECTURE_KEYS if k not in VARIANT_FREE_KEYS and k != "model.name")
+        for key in keys if built is not None else ():
+            theirs, ours = config_value(ckpt_cfg, key), config_value(built, key)
+            if theirs != ours:
+                from .registry import variant_of
+
+                fits = variant_of(ckpt_cfg, keys)
+                hint = (f": use model_name='{fits}'" if fits
+                        else ": rebuild it with ProFDExtractor.from_checkpoint")
+                raise CheckpointError(f"checkpoint {path} was trained with {key} {theirs!r}, this model was "
+                                      f"built with {ours!r}{hint}")
+        model.backbone.set_image_size((ckpt_cfg.data.height, ckpt_cfg.data.width))
+    load_model_state(model, ckpt, path, allow_other_identities=True)
+    for attr, key in _TEST_TIME_ATTRIBUTES.items() if ckpt_cfg is not None else ():
+        setattr(model, attr, config_value(ckpt_cfg, key))
+    return ckpt_cfg

@@ -8,7 +8,9 @@
   and ``results.json``;
 * a model may return either a feature tensor (torchreid built-ins) or
   :class:`~profd_plugin.modeling.outputs.ProFDEmbeddings` (ProFD), which is compared with the
-  visibility-aware distance (paper Eq. 14, official form by default).
+  visibility-aware distance (paper Eq. 14, official form by default);
+* ``test.visrank`` draws the plugin's ranked-list PNGs for ProFD (``profd_plugin.visualize``) and
+  torchreid's own JPEG strips for built-ins.
 """
 from __future__ import annotations
 
@@ -40,6 +42,16 @@ def _map_fields(fn: Callable[..., Any], *feats: Any) -> Any:
         items = [getattr(x, f.name) for x in feats]
         values[f.name] = fn(*items) if torch.is_tensor(items[0]) else items[0]
     return type(first)(**values)
+
+
+def eval_forward(forward: Callable[[torch.Tensor], Any], images: torch.Tensor, flip: bool) -> Any:
+    """The evaluation's features of a batch: ``forward(images)``, averaged with the features of the mirrored
+    batch when ``flip`` (``profd.test.flip``); shared by the engines and ``ProFDExtractor``."""
+    out = forward(images)
+    if flip:
+        flipped = forward(torch.flip(images, dims=[3]))
+        out = _map_fields(lambda a, b: (a + b) / 2, out, flipped)
+    return out
 
 
 class EvaluationMixin:
@@ -99,10 +111,7 @@ class EvaluationMixin:
         for data in loader:  # fp32, as the official evaluation
             imgs, pid, camid = self.parse_data_for_eval(data)
             imgs = imgs.to(self._device, non_blocking=True)
-            out = self.extract_features(imgs)
-            if self.eval_flip:
-                flipped = self.extract_features(torch.flip(imgs, dims=[3]))
-                out = _map_fields(lambda a, b: (a + b) / 2, out, flipped)
+            out = eval_forward(self.extract_features, imgs, self.eval_flip)
             feats.append(_map_fields(lambda t: t.float().cpu(), out))
             pids.append(np.asarray(pid))
             camids.append(np.asarray(camid))
@@ -157,11 +166,23 @@ class EvaluationMixin:
         print(f"** Results ** mAP: {mAP:.1%} " + " ".join(
             f"R{r}: {cmc[min(r, len(cmc)) - 1]:.1%}" for r in ranks))
         if visrank:
+            out_dir = f"{save_dir}/visrank_{dataset_name}"
+            self.draw_rankings(dataset_name, distmat, qf, gf, out_dir, visrank_topk)
+        return float(cmc[0]), float(mAP)
+
+    def draw_rankings(self, dataset_name: str, distmat: np.ndarray, qf: Any, gf: Any, out_dir: str,
+                      topk: int) -> None:
+        """``test.visrank``: ProFD models get the plugin's ranked-list PNGs (per-part visibility and
+        distances, ``profd_plugin.visualize``); torchreid built-ins keep torchreid's own JPEG strips."""
+        items = self.datamanager.fetch_test_loaders(dataset_name)
+        if torch.is_tensor(qf):
             from torchreid.reid.utils import visualize_ranked_results
 
-            visualize_ranked_results(
-                distmat, self.datamanager.fetch_test_loaders(dataset_name), self.datamanager.data_type,
-                width=self.datamanager.width, height=self.datamanager.height,
-                save_dir=f"{save_dir}/visrank_{dataset_name}", topk=visrank_topk,
-            )
-        return float(cmc[0]), float(mAP)
+            visualize_ranked_results(distmat, items, self.datamanager.data_type, width=self.datamanager.width,
+                                     height=self.datamanager.height, save_dir=out_dir, topk=topk)
+            return
+        from .visualize import save_ranked_lists
+
+        paths = save_ranked_lists(out_dir, items[0], items[1], distmat, qf, gf, topk=topk,
+                                  part_names=self.datamanager.part_names, metric=self.eval_metric)
+        print(f"ranked lists of {len(paths)} queries written to {out_dir}")

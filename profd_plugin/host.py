@@ -1,7 +1,7 @@
 """The few repairs torchreid 0.2.5 needs on current torch / numpy, applied once on ``import profd_plugin``.
 
 The host stays the host: these repairs change no number a torchreid user computes, and each has a test
-in ``tests/test_host.py`` that fails without it.
+in ``tests/test_host.py`` (item 3: ``tests/test_torchreid_variants.py``) that fails without it.
 
 1. ``Engine.save_model`` pickles ``rank1`` as a ``numpy.float32``, so every checkpoint it writes fails
    to load under torch's default ``weights_only=True`` (torch >= 2.6: ``UnpicklingError: Unsupported
@@ -11,7 +11,13 @@ in ``tests/test_host.py`` that fails without it.
 2. ``load_checkpoint`` (used by ``load_pretrained_weights``, ``resume_from_checkpoint`` and
    ``FeatureExtractor``) still reads checkpoints written by an unrepaired torchreid: it keeps
    ``weights_only=True`` and allow-lists only the numpy scalar/dtype globals those files contain.
-3. torchreid warns "Cython evaluation ... is unavailable" on every import (the wheel ships no compiled
+3. ``load_pretrained_weights`` (what ``FeatureExtractor`` and torchreid's scripts load ``model_path`` with)
+   silently drops every tensor that does not fit, so a ProFD checkpoint of another size or variant gave
+   random features after "Successfully loaded". For ProFD models it is the plugin's strict loader
+   (``checkpoint.load_into_built_model``: config checked against the variant, positional grid re-gridded
+   to the trained size, only the identity-count tensors tolerated, one-line ``CheckpointError``); every
+   other model gets torchreid's own function, unchanged.
+4. torchreid warns "Cython evaluation ... is unavailable" on every import (the wheel ships no compiled
    evaluator); the warning is filtered (in ``__init__``, before torchreid is imported).
 
 What the plugin adds for its own engines is not patched into torchreid: they call the plugin's vectorised
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os.path as osp
+import sys
 from typing import Callable, Dict
 
 import numpy as np
@@ -66,6 +73,29 @@ def load_checkpoint(fpath: str) -> dict:
         return torch.load(fpath, map_location="cpu", weights_only=True)
 
 
+def load_pretrained_weights(model: torch.nn.Module, weight_path: str) -> None:
+    """torchreid's ``load_pretrained_weights``, strict for ProFD models (see the module docstring, item 3).
+
+    Raises:
+        CheckpointError: a ProFD model and a checkpoint that does not fit it (one line naming the file).
+    """
+    profd = sys.modules.get("profd_plugin.modeling.profd")  # imported whenever a ProFD model exists
+    core = getattr(model, "module", model)
+    if profd is None or not isinstance(core, profd.ProFD):
+        return ORIGINALS["load_pretrained_weights"](model, weight_path)
+    from .checkpoint import load_into_built_model
+
+    cfg = load_into_built_model(core, weight_path)
+    if cfg is None:
+        print(f'Loaded ProFD weights from "{weight_path}" (every tensor checked)')
+        return None
+    d = cfg.data
+    print(f'Loaded ProFD weights from "{weight_path}" (every tensor checked); trained at '
+          f"{d.height}x{d.width}: FeatureExtractor(image_size=({d.height}, {d.width}), "
+          f"pixel_mean={list(d.norm_mean)}, pixel_std={list(d.norm_std)}) gives its evaluation features")
+    return None
+
+
 def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
     """Patched ``Engine.save_model``: float ``rank1``, optional scheduler, atomic write."""
     for name in self.get_model_names():
@@ -93,12 +123,16 @@ def apply_host_fixes() -> None:
         return
     from torchreid.reid import utils
     from torchreid.reid.engine import engine as engine_mod
-    from torchreid.reid.utils import torchtools
+    from torchreid.reid.utils import feature_extractor, torchtools
 
-    ORIGINALS.update(save_model=engine_mod.Engine.save_model, load_checkpoint=torchtools.load_checkpoint)
+    ORIGINALS.update(save_model=engine_mod.Engine.save_model, load_checkpoint=torchtools.load_checkpoint,
+                     load_pretrained_weights=torchtools.load_pretrained_weights)
     engine_mod.Engine.save_model = save_model
     torchtools.load_checkpoint = load_checkpoint  # used by load_pretrained_weights, resume, FeatureExtractor
     utils.load_checkpoint = load_checkpoint  # the re-exported name
+    # the defining module, the re-exported name, and the name FeatureExtractor bound at its import
+    for module in (torchtools, utils, feature_extractor):
+        module.load_pretrained_weights = load_pretrained_weights
 
 
 def install_fast_evaluator() -> None:

@@ -30,7 +30,8 @@ from .errors import ConfigError
 
 __all__ = ["RUN_KINDS", "BOOKKEEPING", "CONFIG_FILE", "RESULTS_FILE", "CHECKPOINT_DIR", "CHECKPOINT_PREFIX",
            "training_identity", "new_run_dir", "write_run_config", "read_run_config", "runs_of",
-           "checkpoints_in", "find_resume_checkpoint", "find_finished_run", "run_dir_of_checkpoint"]
+           "checkpoints_in", "find_resume_checkpoint", "find_finished_run", "run_dir_of_checkpoint",
+           "latest_checkpoint"]
 
 RUN_KINDS = ("train", "eval")
 CONFIG_FILE = "config.yaml"
@@ -151,4 +152,24 @@ def run_dir_of_checkpoint(path: str) -> Optional[str]:
     run_dir = osp.dirname(folder)
     if osp.basename(folder) == CHECKPOINT_DIR and osp.isfile(osp.join(run_dir, CONFIG_FILE)):
         return run_dir
+    return None
+
+
+def latest_checkpoint(path: str) -> Optional[str]:
+    """The checkpoint a user means by ``path``: the file itself, the newest checkpoint of a run folder, or
+    the newest checkpoint of the newest training run under a ``data.save_dir``; None if there is none.
+
+    Runs are ordered by modification time, checkpoints within a run too (:func:`checkpoints_in`).
+    """
+    path = osp.abspath(osp.expanduser(path))
+    if not osp.isdir(path):
+        return path if osp.isfile(path) else None
+    own = checkpoints_in(path)
+    if own:
+        return own[-1]
+    runs = sorted(glob.glob(osp.join(glob.escape(path), "*-train-*")), key=osp.getmtime)
+    for run_dir in reversed(runs):
+        ckpts = checkpoints_in(run_dir)
+        if ckpts:
+            return ckpts[-1]
     return None

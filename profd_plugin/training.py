@@ -26,6 +26,7 @@ from .distributed import is_distributed, is_main_process
 from .engine import ProFDEngine, SoftmaxEngine, TripletEngine, seed_everything, warmup_multi_step_lambda
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write
+from .reproduction import log_reproduction_warnings, reproduction_warnings
 from .runs import (
     RESULTS_FILE,
     find_resume_checkpoint,
@@ -293,6 +294,10 @@ def setup_engine(cfg: CfgNode, plan: Optional[RunPlan] = None):
     plan = plan or prepare_run(cfg)
     seed_everything(cfg.train.seed)
     datamanager = build_datamanager(cfg, rank, world)
+    if is_main_process():
+        log_reproduction_warnings(reproduction_warnings(
+            cfg, datamanager, world_size=world, use_gpu=use_gpu, training=plan.kind == "train",
+            float32_matmul_precision=torch.get_float32_matmul_precision()))
     model = build_model(cfg, datamanager.num_train_pids, use_gpu)
     if weights_path(cfg):
         load_weights(model, cfg, weights_path(cfg), training=plan.kind == "train")

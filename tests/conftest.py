@@ -206,3 +206,33 @@ def require_extra(module: str, extra: str):
     if REQUIRE_EXTRAS:
         return importlib.import_module(module)  # an ImportError here fails the test loudly
     return pytest.importorskip(module, reason=f"needs the optional extra: pip install -e '.[{extra}]'")
+
+
+def make_profd_checkpoint(path: str, root: str, *, seed: int = 0, num_classes: int = 6, **overrides) -> str:
+    """Write a checkpoint of a fresh tiny ProFD with the ``tiny_run_opts`` config (+ ``overrides``), as
+    ``tools/main.py`` would: its BN running statistics are set to seeded random values, so that the
+    evaluation features are not those of an identity normalisation."""
+    import torch
+
+    from profd_plugin.checkpoint import make_checkpoint
+    from profd_plugin.config import setup_cfg
+    from profd_plugin.fileio import atomic_torch_save
+    from profd_plugin.modeling import build_profd_model
+
+    config = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "configs", "profd_synthetic.yaml")
+    cfg = setup_cfg(config, tiny_run_opts(root, osp.dirname(path), **overrides))
+    torch.manual_seed(seed)
+    model = build_profd_model(cfg, num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+    atomic_torch_save(make_checkpoint(model, cfg, num_classes=num_classes, epoch=1), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def profd_checkpoint(trained_run) -> str:
+    """The checkpoint ``tools/main.py`` wrote for the shared ``trained_run`` (tiny ProFD, 64x32, epoch 1)."""
+    return trained_run["checkpoint"]

@@ -9,9 +9,11 @@ Usage::
 
 The tool never writes: ``synthetic_occluded`` is checked as it is on disk (whatever parameters made it);
 ``--generate`` (re)generates it first with the ``profd.synthetic.*`` parameters, as training would.
-Every image is decoded (truncated or unreadable files are found) and every train mask is loaded and
-validated; ``--quick`` only checks that the files exist. Trailing ``key value`` config overrides (and
-``--config-file``) supply ``profd.masks.*`` and ``profd.synthetic.*``.
+The counts are compared with the published ones (``profd_plugin.reproduction``, docs/REPRODUCE.md); a
+mismatch is printed with its likely cause (it does not change the exit code). Every image is decoded
+(truncated or unreadable files are found) and every train mask is loaded and validated;
+``--quick`` only checks that the files exist. Trailing ``key value`` config overrides (and ``--config-file``)
+supply ``profd.masks.*`` and ``profd.synthetic.*``.
 
 Exit code 0: no problem found. 1: problems found (unreadable images, missing or malformed train masks;
 each listed, the count printed), or the dataset is unusable (missing folder, empty split: one ``error:``
@@ -115,15 +117,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     from profd_plugin.data.datasets import split_counts
+    from profd_plugin.reproduction import PUBLISHED_COUNTS, count_warnings, reads_resize_copy
 
     test_only = getattr(ds, "test_only", False)
     summary = {"dataset": args.dataset}
     where = getattr(ds, "dataset_dir", args.root)
     print(f"dataset {args.dataset} at {where}" + (" (test only)" if test_only else ""))
     print(f"{'split':8s} {'ids':>6s} {'images':>7s}")
-    for split, (ids, images) in split_counts(ds).items():
+    counts = split_counts(ds)
+    for split, (ids, images) in counts.items():
         summary[f"{split}_ids"], summary[f"{split}_images"] = ids, images
         print(f"{split:8s} {ids:6d} {images:7d}")
+    published = count_warnings(args.dataset, counts, resize_used=reads_resize_copy(ds))
+    known = args.dataset in PUBLISHED_COUNTS
+    print("published counts (docs/REPRODUCE.md): " + (published[0] if published else "as published" if known
+                                                      else "none for this dataset"))
     items = ds.query + ds.gallery + ([] if test_only else ds.train)  # a test-only train list is a dummy
     bad_images = unreadable_images(items, decode=not args.quick)
     summary["unreadable_images"] = len(bad_images)

@@ -27,6 +27,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError
+from ..reproduction import reads_resize_copy
 from .builtin import register_datasets
 from .datasets import DatasetError, SyntheticOccluded, load_train_mask, split_counts
 from .masks import MaskParams, part_names, part_targets
@@ -393,8 +394,11 @@ class ProFDDataManager:
         return [None if item[0] in missing else lookup[item[0]] for item in items]
 
     def _log_summary(self, datasets) -> None:
-        for name, ds in datasets.items():
-            counts = split_counts(ds)
+        """Log ``(ids, images)`` per split; keep them in ``dataset_counts`` and whether a ``*_resize``
+        folder was read in ``resize_used`` (per dataset name, for the reproduction guard)."""
+        self.dataset_counts = {name: split_counts(ds) for name, ds in datasets.items()}
+        self.resize_used = {name: reads_resize_copy(ds) for name, ds in datasets.items()}
+        for name, counts in self.dataset_counts.items():
             logger.info(
                 "%s: train %d ids / %d images, query %d / %d, gallery %d / %d",
                 name,

@@ -15,13 +15,14 @@ Shape shorthand: Nq / Ng query / gallery images, K parts, D feature dimension, F
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
 from ..choices import DIST_METRICS, DIST_MODES
 
-__all__ = ["visibility_aware_distance"]
+__all__ = ["visibility_aware_distance", "paired_visibility_aware_distance", "GalleryEmbedding",
+           "embed_gallery", "embed_queries", "candidate_distance"]
 
 
 # metric -> (c, p): the pair term before the square root is c w^p (1 - cos); see _embed.
@@ -117,7 +118,11 @@ def _embed(
 
 def _pair_terms(q_emb: torch.Tensor, g_emb: torch.Tensor, metric: str) -> torch.Tensor:
     """(F, Nq, D+1) x (F, C, D+1) -> (F, Nq, C) weighted per-feature distances ``w_k d_k``."""
-    terms = torch.bmm(q_emb, g_emb.transpose(1, 2))  # (F, Nq, C)
+    return _finish_terms(torch.bmm(q_emb, g_emb.transpose(1, 2)), metric)  # (F, Nq, C)
+
+
+def _finish_terms(terms: torch.Tensor, metric: str) -> torch.Tensor:
+    """Products ``a . b`` of :func:`_embed` vectors -> weighted distances ``w_k d_k`` (in place)."""
     if metric == "euclidean":
         # Rounding can push w^2 (2 - 2 cos) slightly below 0, and zero-weight pairs give exact zeros: clamp
         # to the smallest normal float rather than 0 (sqrt adds < 1e-19 per feature), because the CPU sqrt
@@ -227,3 +232,155 @@ def _parts_fallback(
             mean = _pair_terms(q_unit, g_unit[:, cols], metric).mean(0)  # (Nq, C)
             torch.where(no_common[:, cols], mean, out[:, cols], out=out[:, cols])
     weight_sum.masked_fill_(no_common, 1.0)
+
+
+def paired_visibility_aware_distance(
+    q_global: torch.Tensor,
+    q_parts: torch.Tensor,
+    q_vis: torch.Tensor,
+    g_global: torch.Tensor,
+    g_parts: torch.Tensor,
+    g_vis: torch.Tensor,
+    *,
+    metric: str = "euclidean",
+    mode: str = "visibility",
+) -> torch.Tensor:
+    """:func:`visibility_aware_distance` between each query and its own C gallery images (candidates).
+
+    The same embedding, weights, square-root floor and "parts" fallback as the full matrix, so each value
+    equals the corresponding entry of :func:`visibility_aware_distance` up to float rounding; used to re-score
+    the candidates of an approximate search (``metrics.search``).
+
+    Args:
+        q_global, q_parts, q_vis: (Nq, D), (Nq, K, D), (Nq, K) query features.
+        g_global, g_parts, g_vis: (Nq, C, D), (Nq, C, K, D), (Nq, C, K) gallery features per query.
+        metric, mode: as in :func:`visibility_aware_distance`.
+
+    Returns:
+        (Nq, C) float32 distances on the device of ``q_global``.
+    """
+    num_q, num_c = g_global.shape[:2]
+    flat = (g_global.flatten(0, 1), g_parts.flatten(0, 1), g_vis.flatten(0, 1))  # (Nq*C, ...)
+    _check_distance_inputs(q_global, q_parts, q_vis, *flat, metric, mode, 1)
+    if g_global.shape[0] != q_global.shape[0]:
+        raise ValueError(f"{q_global.shape[0]} queries but candidates for {g_global.shape[0]}")
+    device = q_global.device
+    with torch.no_grad():
+        q_w, g_w = _feature_weights(q_vis, mode, device), _feature_weights(flat[2], mode, device)  # (F, .)
+        q_emb = _embed(q_global, q_parts, q_w, mode, metric, query=True)  # (F, Nq, D+1)
+        g_emb = _embed(flat[0], flat[1], g_w, mode, metric, query=False)  # (F, Nq*C, D+1)
+        out = _paired_terms(q_emb, g_emb, num_c, metric).sum(0)  # (Nq, C): sum_k w_k d_k
+        if mode == "global":
+            return out
+        weight_sum = (q_w[:, :, None] * g_w.view(-1, num_q, num_c)).sum(0)  # (Nq, C)
+        no_common = weight_sum == 0
+        if mode == "parts" and bool(no_common.any()):  # as _parts_fallback: unweighted mean of K parts
+            q_unit = _embed(q_global, q_parts, torch.ones_like(q_w), "parts", metric, query=True)
+            g_unit = _embed(flat[0], flat[1], torch.ones_like(g_w), "parts", metric, query=False)
+            mean = _paired_terms(q_unit, g_unit, num_c, metric).mean(0)  # (Nq, C)
+            out = torch.where(no_common, mean, out)
+            weight_sum.masked_fill_(no_common, 1.0)
+        return out.div_(weight_sum)
+
+
+def _paired_terms(q_emb: torch.Tensor, g_emb: torch.Tensor, num_c: int, metric: str) -> torch.Tensor:
+    """(F, Nq, D+1) x (F, Nq*C, D+1) -> (F, Nq, C) weighted per-feature distances, query i vs its C rows."""
+    num_f, num_q, width = q_emb.shape
+    terms = torch.bmm(g_emb.view(num_f * num_q, num_c, width), q_emb.reshape(num_f * num_q, width, 1))
+    return _finish_terms(terms.view(num_f, num_q, num_c), metric)
+
+
+class GalleryEmbedding(NamedTuple):
+    """A gallery in the form the distance computes with (see :func:`_embed`), image-major for gathering.
+
+    Attributes:
+        emb: (Ng, F, D+1) weighted unit features with the constant coordinate.
+        weights: (Ng, F) per-image feature weights (1 for the global feature, visibility for parts).
+        metric, mode: what ``emb`` was built for.
+    """
+
+    emb: torch.Tensor
+    weights: torch.Tensor
+    metric: str
+    mode: str
+
+
+#: gallery rows embedded at a time by :func:`embed_gallery` (bounds its temporaries)
+_EMBED_BLOCK = 8192
+
+
+def embed_gallery(g_global: torch.Tensor, g_parts: torch.Tensor, g_vis: torch.Tensor, *,
+                  metric: str = "euclidean", mode: str = "visibility",
+                  device: Optional[Union[str, torch.device]] = None) -> GalleryEmbedding:
+    """Embed a gallery once (a copy of its features' size) for :func:`candidate_distance`."""
+    _check_distance_inputs(g_global[:0], g_parts[:0], g_vis[:0], g_global, g_parts, g_vis, metric, mode, 1)
+    device = torch.device(device) if device is not None else g_global.device
+    with torch.no_grad():
+        weights = _feature_weights(g_vis, mode, device)  # (F, Ng)
+        emb = torch.empty(g_global.shape[0], weights.shape[0], g_global.shape[1] + 1, device=device)
+        for start in range(0, g_global.shape[0], _EMBED_BLOCK):
+            rows = slice(start, start + _EMBED_BLOCK)
+            block = _embed(g_global[rows], g_parts[rows], weights[:, rows], mode, metric, query=False)
+            emb[rows] = block.transpose(0, 1)  # (B, F, D+1)
+        return GalleryEmbedding(emb, weights.t().contiguous(), metric, mode)
+
+
+def embed_queries(q_global: torch.Tensor, q_parts: torch.Tensor, q_vis: torch.Tensor,
+                  gallery: GalleryEmbedding) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Query-side ``(emb (F, Nq, D+1), weights (F, Nq))`` for :func:`candidate_distance` (once per search)."""
+    _check_distance_inputs(q_global, q_parts, q_vis, q_global[:0], q_parts[:0], q_vis[:0], gallery.metric,
+                           gallery.mode, 1)
+    with torch.no_grad():
+        q_w = _feature_weights(q_vis, gallery.mode, gallery.emb.device)  # (F, Nq)
+        return _embed(q_global, q_parts, q_w, gallery.mode, gallery.metric, query=True), q_w
+
+
+def candidate_distance(q_global: torch.Tensor, q_parts: torch.Tensor, q_vis: torch.Tensor,
+                       gallery: GalleryEmbedding, candidates: torch.Tensor,
+                       raw_gallery: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+                       workspace: Optional[torch.Tensor] = None,
+                       query_embedding: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    """The distance of each query to its own C candidate gallery rows, from an embedded gallery.
+
+    The same embedding and square-root floor as :func:`visibility_aware_distance` on the candidate pairs:
+    one gather of the candidates' embedded rows and one batched matrix product (F x F per pair, of which
+    the diagonal is used: F times the multiply-adds, but full-speed GEMM), so each value equals the
+    corresponding entry of the full matrix up to float rounding.
+
+    Args:
+        q_global, q_parts, q_vis: (Nq, D), (Nq, K, D), (Nq, K) query features.
+        gallery: from :func:`embed_gallery`.
+        candidates: (Nq, C) int64 gallery rows (all valid).
+        raw_gallery: (global, parts, visibility) of the gallery; needed in mode "parts" only, for pairs
+            without a commonly visible part (unweighted mean of their part distances, as the full matrix).
+        workspace: optional float32 buffer of at least Nq C F (D+1) elements on the gallery's device,
+            reused for the gather (a fresh large buffer costs page faults on every call).
+        query_embedding: :func:`embed_queries` of these queries, if already computed.
+
+    Returns:
+        (Nq, C) float32 distances on the gallery embedding's device.
+    """
+    metric, mode, emb = gallery.metric, gallery.mode, gallery.emb
+    num_q, num_c = candidates.shape
+    num_f, width = emb.shape[1:]
+    flat = candidates.flatten().to(emb.device)
+    with torch.no_grad():
+        # (F, Nq, D+1), (F, Nq)
+        q_emb, q_w = query_embedding or embed_queries(q_global, q_parts, q_vis, gallery)
+        out = None if workspace is None else workspace[:flat.numel() * num_f * width].view(-1, num_f, width)
+        rows = torch.index_select(emb, 0, flat, out=out)  # (Nq*C, F, D+1)
+        prods = torch.bmm(rows.view(num_q, num_c * num_f, width), q_emb.permute(1, 2, 0))  # (Nq, C*F, F)
+        terms = prods.view(num_q, num_c, num_f, num_f).diagonal(dim1=2, dim2=3).contiguous()  # (Nq, C, F)
+        out = _finish_terms(terms, metric).sum(-1)  # (Nq, C): sum_k w_k d_k
+        if mode == "global":
+            return out
+        g_w = gallery.weights.index_select(0, flat).view(num_q, num_c, num_f)
+        weight_sum = (g_w * q_w.t()[:, None]).sum(-1)  # (Nq, C)
+        if mode == "parts" and bool((weight_sum == 0).any()):
+            if raw_gallery is None:
+                raise ValueError("mode 'parts': pairs without a commonly visible part need raw_gallery")
+            rows = [t.index_select(0, flat.to(t.device)).to(emb.device).view(num_q, num_c, *t.shape[1:])
+                    for t in raw_gallery]  # (Nq, C, ...)
+            return paired_visibility_aware_distance(q_global.to(emb.device), q_parts.to(emb.device),
+                                                    q_vis.to(emb.device), *rows, metric=metric, mode=mode)
+        return out.div_(weight_sum)

@@ -23,7 +23,7 @@ from yacs.config import CfgNode
 
 from ..choices import HOST_LOSSES as TORCHREID_LOSSES
 from ..data.masks import part_names
-from .clip_backbone import create_clip
+from .clip_backbone import TINY_CLIP_NAME, create_clip
 from .outputs import ProFDEmbeddings
 from .profd import ProFD
 
@@ -109,10 +109,14 @@ def profd_torchreid_factory(num_classes: int, loss: str = "softmax", pretrained:
         num_classes: training identities.
         loss: ``softmax`` | ``triplet``.
         pretrained: True = CLIP weights from ``profd.clip.pretrained`` (default ``openai``; ``none``
-            becomes ``openai``), False = random init.
+            becomes ``openai``; the ``tiny`` CLIP has no released weights: ValueError), False = random init
+            (never downloads anything).
         use_gpu: ignored (the caller moves the model).
         **kwargs: optional ``cfg`` (a full config, default ``get_default_config()``) and ``opts``
             (``['profd.clip.name', 'tiny', ...]`` overrides).
+
+    The returned model's ``build_config`` is the (frozen) config it was built with, so that a loader can
+    check a checkpoint against it (``checkpoint.load_into_built_model``).
     """
     from ..config import get_default_config  # deferred: config is independent of modeling
 
@@ -125,4 +129,10 @@ def profd_torchreid_factory(num_classes: int, loss: str = "softmax", pretrained:
     cfg.merge_from_list(list(opts))
     source = cfg.profd.clip.pretrained
     source = ("openai" if source.lower() == "none" else source) if pretrained else "none"
-    return ProFDTorchreidAdapter(_create_clip(cfg, source), num_classes, loss=loss, **model_kwargs(cfg))
+    if source == "openai" and cfg.profd.clip.name == TINY_CLIP_NAME:
+        raise ValueError("the tiny CLIP (profd_tiny) has no pretrained weights: build it with "
+                         "pretrained=False, or give torchreid's FeatureExtractor a model_path that exists")
+    model = ProFDTorchreidAdapter(_create_clip(cfg, source), num_classes, loss=loss, **model_kwargs(cfg))
+    cfg.freeze()
+    model.build_config = cfg
+    return model

@@ -1,0 +1,97 @@
+"""benchmarks/throughput.py and benchmarks/gpu_smoke.py: their CPU smoke runs, and the timed training step
+is the engine's step."""
+import importlib.util
+import json
+import os
+
+import torch
+from conftest import tiny_run_opts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+    path = os.path.join(ROOT, "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+THROUGHPUT, GPU_SMOKE = _load("throughput"), _load("gpu_smoke")
+
+
+def test_timed_step_equals_the_engine_step(synthetic_root, tmp_path):
+    """The breakdown times ProFDEngine.forward_backward's own computation: same losses, weights, banks."""
+    opts = tiny_run_opts(synthetic_root, str(tmp_path))
+    cpu = torch.device("cpu")
+    (ref, _), (timed, _) = THROUGHPUT.build_engine(opts, cpu), THROUGHPUT.build_engine(opts, cpu)
+    timed.model.load_state_dict(ref.model.state_dict())
+    ref.begin_epoch(0)
+    batch = next(iter(ref.train_loader))
+    stages = []
+    timed_step = lambda b: THROUGHPUT.timed_step(timed, b, stages.append)  # noqa: E731
+    for engine, step in ((ref, ref.forward_backward), (timed, timed_step)):
+        engine.model.train()
+        torch.manual_seed(0)  # the same dropout draws
+        engine.values = step(batch)
+    assert ref.values == timed.values and len(ref.values) == 11  # ten terms and the total
+    assert stages == list(THROUGHPUT.STAGES)
+    for (name, a), b in zip(ref.model.state_dict().items(), timed.model.state_dict().values()):
+        assert torch.equal(a, b), name  # incl. the memory banks after their update
+
+
+def test_throughput_quick_run_reports_ratios_and_stages(tmp_path, capsys):
+    path = tmp_path / "throughput.json"
+    assert THROUGHPUT.main(["--quick", "--rounds", "1", "--steps", "1", "--json", str(path)]) == 0
+    out = json.load(open(path))
+    assert [r["batch"] for r in out["inference"]] == [64, 1] and out["inference_model"] == "tiny"
+    assert all(r["ratio"] > 0 and r["backbone_img_s"] > 0 and r["profd_img_s"] > 0 for r in out["inference"])
+    step = out["train_step"]["tiny"]
+    assert list(step["stage_s"]) == list(THROUGHPUT.STAGES) and all(v >= 0 for v in step["stage_s"].values())
+    assert step["step_s"] > 0 and step["batch"] == 32 and step["image_size"] == [128, 64]
+    text = capsys.readouterr().out
+    assert "ProFD / backbone time" in text and "memory_update" in text and "this is a smoke run" in text
+
+
+def test_gpu_smoke_dry_run_on_cpu(tmp_path):
+    """The in-process step and one scripted step of the GPU smoke test, on CPU (the GPU run is not part of
+    the suite; docs/PERFORMANCE.md says whether it has run). The report is the only file written outside
+    the scratch folder."""
+    out = tmp_path / "smoke"
+    code = GPU_SMOKE.main(["--device", "cpu", "--quick", "--json", str(out / "gpu_smoke.json"),
+                           "--steps", "train_precisions,evaluator"])
+    assert os.listdir(out) == ["gpu_smoke.json"]
+    report = json.load(open(out / "gpu_smoke.json"))
+    assert code == 0 and report["all_ok"] and set(report["steps"]) == {"train_precisions", "evaluator"}
+    precisions = report["steps"]["train_precisions"]
+    for amp in GPU_SMOKE.PRECISIONS:
+        assert precisions[amp]["finite"] and precisions[amp]["img_s"] > 0
+        assert precisions[amp]["amp_active"] is False  # amp is ignored on CPU
+        assert set(precisions[amp]["losses"]) >= {"loss", "loss_id_global", "loss_pcl_parts"}
+    evaluator = report["steps"]["evaluator"]["json"]
+    assert evaluator["identical"] is True and evaluator["speedup"] > 0
+
+
+def test_gpu_smoke_without_cuda_fails_fast_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert GPU_SMOKE.main(["--json", str(tmp_path / "smoke" / "gpu_smoke.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no CUDA device") and not (tmp_path / "smoke").exists()
+    assert GPU_SMOKE.main(["--device", "cpu", "--steps", "nope"]) == 2
+    assert "unknown step 'nope'" in capsys.readouterr().err
+
+
+def test_gpu_smoke_sh_without_cuda_writes_nothing(tmp_path):
+    """The shell entry point on this CPU-only machine: one error line, exit 1, no file under $OUT."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_smoke.sh")], capture_output=True,
+                          text=True, env={**os.environ, "OUT": str(out), "PYTHON": sys.executable,
+                                          "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert proc.returncode == 1 and os.listdir(out) == []
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no CUDA device"), proc.stderr
