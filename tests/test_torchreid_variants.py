@@ -103,9 +103,9 @@ def test_feature_extractor_stops_with_one_line(profd_checkpoint, synthetic_root,
     with pytest.raises(CheckpointError, match=r"profd.clip.name 'tiny_rn', this model was built with "
                                               r"'ViT-B-16': use model_name='profd_tiny'"):
         _feature_extractor("profd", profd_checkpoint)
-    s12 = make_profd_checkpoint(str(tmp_path / "s12.pth"), synthetic_root, **{"profd.clip.stride": 12})
-    with pytest.raises(CheckpointError, match="profd.clip.stride 12, this model was built with 16"):
-        _feature_extractor("profd_tiny", s12)
+    s32 = make_profd_checkpoint(str(tmp_path / "s32.pth"), synthetic_root, **{"profd.clip.stride": 32})
+    with pytest.raises(CheckpointError, match="profd.clip.stride 32, this model was built with 16"):
+        _feature_extractor("profd_tiny", s32)
     ckpt = torch.load(profd_checkpoint, weights_only=True)
     torchreid_file = tmp_path / "other.pth"
     other_config = ckpt["config"].replace("name: profd", "name: osnet_x0_25", 1)
