@@ -36,14 +36,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
 from profd_plugin.config import setup_cfg  # noqa: E402
-from profd_plugin.losses import ProFDTargets  # noqa: E402
+from profd_plugin.engine import TRAIN_STAGES  # noqa: E402
 from profd_plugin.modeling import build_profd_model  # noqa: E402
 
 INFERENCE_TARGET = 1.10  # ProFD / backbone time
 INFERENCE_SIZE = (256, 128)
 INFERENCE_BATCHES = (64, 1)
 NUM_CLASSES = 702  # Occluded-Duke's identities: the classifier size of the paper row
-STAGES = ("data", "forward", "losses", "backward", "optimizer", "memory_update")
+STAGES = TRAIN_STAGES  # the stages ProFDEngine.forward_backward reports to its clock
 CONFIG = os.path.join(ROOT, "configs", "profd_synthetic_vit.yaml")  # the tiny ViT: a ViT-B/16 in small
 # the generated training set only needs enough identities for one batch (16 x 4 at batch 64)
 SYNTHETIC = ["profd.synthetic.num_ids", "16", "profd.synthetic.num_test_ids", "4"]
@@ -82,50 +82,8 @@ def inference(model, *, batch: int, device: torch.device, rounds: int, iters: in
             "ratios": ratios}
 
 
-def timed_step(engine, batch: dict, clock: Callable[[str], None]) -> Dict[str, float]:
-    """``ProFDEngine.forward_backward`` with ``clock(stage)`` called at the end of each stage after the first.
-
-    Keep in step with ``profd_plugin/engine.py`` (``tests/test_throughput.py`` checks both give the same
-    losses and weights).
-    """
-    imgs, pids, masks, visibility = engine.parse_data_for_train(batch)
-    clock("data")
-    core = engine.core_model
-    with engine._autocast():
-        outputs = engine.model(imgs)
-    clock("forward")
-    targets = ProFDTargets(pids=pids, masks=masks, visibility=visibility,
-                           patch_labels=core.patch_labels(masks))
-    with engine._autocast():
-        losses = engine.criterion(outputs, targets)
-        losses.update(core.memory.losses(outputs.global_bn, outputs.concat_bn, pids))
-    total = sum(losses.values())
-    values = dict(zip([*losses, "loss"], torch.stack([*losses.values(), total]).detach().tolist()))
-    engine._check_finite(values)
-    clock("losses")
-    engine.optimizer.zero_grad(set_to_none=True)
-    if engine.scaler is not None:
-        engine.scaler.scale(total).backward()
-    else:
-        total.backward()
-    clock("backward")
-    if engine.grad_clip > 0:
-        if engine.scaler is not None:
-            engine.scaler.unscale_(engine.optimizer)
-        torch.nn.utils.clip_grad_norm_(core.parameters(), engine.grad_clip)
-    if engine.scaler is not None:
-        engine.scaler.step(engine.optimizer)
-        engine.scaler.update()
-    else:
-        engine.optimizer.step()
-    clock("optimizer")
-    core.memory.update(outputs.global_bn, outputs.concat_bn, pids)
-    clock("memory_update")
-    return values
-
-
 def build_engine(opts: List[str], device: torch.device):
-    """A ProFD engine on the synthetic set of ``configs/profd_synthetic.yaml`` + ``opts`` (no run folder)."""
+    """A ProFD engine on the synthetic set of ``configs/profd_synthetic_vit.yaml`` + ``opts`` (no run dir)."""
     from profd_plugin import training
 
     cfg = setup_cfg(CONFIG, opts)
@@ -161,7 +119,7 @@ def breakdown(opts: List[str], *, device: torch.device, steps: int, warmup: int)
         except StopIteration:
             batches = iter(engine.train_loader)
             batch = next(batches)
-        timed_step(engine, batch, clock)  # "data" is measured from before next() to after the copy
+        engine.forward_backward(batch, clock)  # "data" is measured from before next() to after the copy
     stages = {s: statistics.median(v) for s, v in per_stage.items()}
     total = sum(stages.values())
     return {"model": cfg.profd.clip.name, "image_size": [cfg.data.height, cfg.data.width],

@@ -21,7 +21,7 @@ import math
 import os.path as osp
 import random
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,6 +40,13 @@ from .losses import ProFDTargets
 from .runs import CHECKPOINT_DIR, CHECKPOINT_PREFIX
 
 logger = logging.getLogger(__name__)
+
+#: stages of one training step, in order (``ProFDEngine.forward_backward``'s ``clock``)
+TRAIN_STAGES = ("data", "forward", "losses", "backward", "optimizer", "memory_update")
+
+
+def _no_clock(stage: str) -> None:
+    """The training step's clock when nobody times it."""
 
 
 def seed_everything(seed: int) -> None:
@@ -299,24 +306,37 @@ class ProFDEngine(LoopMixin, Engine):
             raise NonFiniteLossError(f"non-finite loss at {where}: {terms}; lower train.lr, enable "
                                      "profd.train.grad_clip or check the data")
 
-    def forward_backward(self, data) -> Dict[str, float]:
+    def forward_backward(self, data, clock: Optional[Callable[[str], None]] = None) -> Dict[str, float]:
+        """One training step; returns the loss terms and their total as floats.
+
+        Args:
+            data: a train batch dict.
+            clock: called with each stage name of ``TRAIN_STAGES`` when that stage ends (the step-time
+                breakdown of ``benchmarks/throughput.py``); None for training.
+        """
+        clock = clock or _no_clock
         imgs, pids, masks, visibility = self.parse_data_for_train(data)
+        clock("data")
         core = self.core_model
+        with self._autocast():
+            outputs = self.model(imgs)
+        clock("forward")
         targets = ProFDTargets(pids=pids, masks=masks, visibility=visibility,
                                patch_labels=core.patch_labels(masks))
         with self._autocast():
-            outputs = self.model(imgs)
             losses = self.criterion(outputs, targets)
             losses.update(core.memory.losses(outputs.global_bn, outputs.concat_bn, pids))  # PCL terms last
         total = sum(losses.values())
         # one device-to-host copy for the log and the guard
         values = dict(zip([*losses, "loss"], torch.stack([*losses.values(), total]).detach().tolist()))
         self._check_finite(values)
+        clock("losses")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
         else:
             total.backward()
+        clock("backward")
         if self.grad_clip > 0:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
@@ -326,7 +346,9 @@ class ProFDEngine(LoopMixin, Engine):
             self.scaler.update()
         else:
             self.optimizer.step()
+        clock("optimizer")
         core.memory.update(outputs.global_bn, outputs.concat_bn, pids)
+        clock("memory_update")
         return values
 
 

@@ -21,8 +21,8 @@ def _load(name):
 THROUGHPUT, GPU_SMOKE = _load("throughput"), _load("gpu_smoke")
 
 
-def test_timed_step_equals_the_engine_step(synthetic_root, tmp_path):
-    """The breakdown times ProFDEngine.forward_backward's own computation: same losses, weights, banks."""
+def test_a_clocked_step_is_the_training_step(synthetic_root, tmp_path):
+    """The breakdown's clock sees every stage in order and changes nothing: same losses, weights, banks."""
     opts = tiny_run_opts(synthetic_root, str(tmp_path))
     cpu = torch.device("cpu")
     (ref, _), (timed, _) = THROUGHPUT.build_engine(opts, cpu), THROUGHPUT.build_engine(opts, cpu)
@@ -30,11 +30,10 @@ def test_timed_step_equals_the_engine_step(synthetic_root, tmp_path):
     ref.begin_epoch(0)
     batch = next(iter(ref.train_loader))
     stages = []
-    timed_step = lambda b: THROUGHPUT.timed_step(timed, b, stages.append)  # noqa: E731
-    for engine, step in ((ref, ref.forward_backward), (timed, timed_step)):
+    for engine, clock in ((ref, None), (timed, stages.append)):
         engine.model.train()
         torch.manual_seed(0)  # the same dropout draws
-        engine.values = step(batch)
+        engine.values = engine.forward_backward(batch, clock)
     assert ref.values == timed.values and len(ref.values) == 11  # ten terms and the total
     assert stages == list(THROUGHPUT.STAGES)
     for (name, a), b in zip(ref.model.state_dict().items(), timed.model.state_dict().values()):
