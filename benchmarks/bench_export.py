@@ -1,7 +1,7 @@
 """Benchmark: onnxruntime (CPU) vs PyTorch (CPU) latency of the exported ProFD inference graph.
 
-For each model (``tiny``: the CPU demo, ``configs/profd_synthetic.yaml`` at 128x64; ``vit_b16``: the full
-ViT-B/16 ProFD at 256x128, random init, the default config) the inference module
+For each model (``tiny``: the tiny-ViT CPU demo, ``configs/profd_synthetic_vit.yaml`` at 128x64;
+``vit_b16``: the full ViT-B/16 ProFD at 256x128, random init, the default config) the inference module
 (:class:`profd_plugin.export.ProFDInference`) is exported to ONNX with a dynamic batch, then PyTorch
 (eval, ``torch.no_grad``) and an onnxruntime ``CPUExecutionProvider`` session with the same number of
 threads run the same normalised random images. Prints, per batch size, the median wall time of each over
@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: model name -> (config file or None for the defaults, overrides)
 MODELS = {
-    "tiny": (os.path.join(ROOT, "configs", "profd_synthetic.yaml"), []),
+    "tiny": (os.path.join(ROOT, "configs", "profd_synthetic_vit.yaml"), []),
     "vit_b16": (None, ["profd.clip.pretrained", "none"]),
 }
 NUM_CLASSES = 10  # identities of the (unused at inference) classifiers

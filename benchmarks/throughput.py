@@ -9,8 +9,8 @@
 2. **Training-step breakdown** of ``ProFDEngine.forward_backward`` split into its stages: ``data`` (next
    batch of the real train loader on a generated synthetic set, with masks, plus the host-to-device
    copy), ``forward`` (model), ``losses`` (patch labels, criterion, PCL terms, the finite check),
-   ``backward``, ``optimizer`` (zero_grad + step) and ``memory_update`` (memory banks). For the tiny model
-   of ``configs/profd_synthetic.yaml`` (128x64, batch 32) and for ViT-B/16 (256x128, batch 64 on CUDA,
+   ``backward``, ``optimizer`` (zero_grad + step) and ``memory_update`` (memory banks). For the tiny ViT
+   of ``configs/profd_synthetic_vit.yaml`` (128x64, batch 32) and for ViT-B/16 (256x128, batch 64 on CUDA,
    ``--vit-batch`` on CPU, where 64 needs ~10 GB and minutes per step). Median over the timed steps,
    after untimed warm-up steps; the memory banks keep their random init (same cost).
 
@@ -44,7 +44,7 @@ INFERENCE_SIZE = (256, 128)
 INFERENCE_BATCHES = (64, 1)
 NUM_CLASSES = 702  # Occluded-Duke's identities: the classifier size of the paper row
 STAGES = TRAIN_STAGES  # the stages ProFDEngine.forward_backward reports to its clock
-CONFIG = os.path.join(ROOT, "configs", "profd_synthetic.yaml")
+CONFIG = os.path.join(ROOT, "configs", "profd_synthetic_vit.yaml")  # the tiny ViT: a ViT-B/16 in small
 # the generated training set only needs enough identities for one batch (16 x 4 at batch 64)
 SYNTHETIC = ["profd.synthetic.num_ids", "16", "profd.synthetic.num_test_ids", "4"]
 VIT = ["profd.clip.name", "ViT-B-16", "profd.clip.pretrained", "none", "data.height", "256", "data.width",
@@ -83,7 +83,7 @@ def inference(model, *, batch: int, device: torch.device, rounds: int, iters: in
 
 
 def build_engine(opts: List[str], device: torch.device):
-    """A ProFD engine on the synthetic set of ``configs/profd_synthetic.yaml`` + ``opts`` (no run folder)."""
+    """A ProFD engine on the synthetic set of ``configs/profd_synthetic_vit.yaml`` + ``opts`` (no run dir)."""
     from profd_plugin import training
 
     cfg = setup_cfg(CONFIG, opts)

@@ -126,10 +126,10 @@ def add_profd_config(cfg: CN) -> CN:
     p = cfg.profd
 
     p.clip = CN()
-    p.clip.name = "ViT-B-16"  # open_clip model name, or 'tiny' (small random CLIP for tests / CPU demo)
+    p.clip.name = "ViT-B-16"  # open_clip CLIP ViT or ResNet (RN50), or tiny / tiny_rn (small random, CPU)
     p.clip.pretrained = "openai"  # 'openai' (download) | path to a local checkpoint | 'none' (random init)
     p.clip.cache_dir = ""  # open_clip download cache ('' = open_clip default)
-    p.clip.stride = 16  # patch-embedding stride; 12 = overlapping patches (ProFD*, 21x10 grid)
+    p.clip.stride = 16  # ViT: patch stride (12 = ProFD*, 21x10); ResNet: 16 (last stride 1) | 32
     p.clip.quick_gelu = True  # QuickGELU activations (OpenAI weights); False for GELU-trained open_clip ones
 
     p.prompt = CN()

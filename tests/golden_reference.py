@@ -10,7 +10,7 @@ docs/DESIGN.md -- re-record with ``python tests/golden_reference.py <case>`` and
 
 Only :func:`run_step` talks to the model's API; when the API changes, adapt it, never the values.
 
-Cases: ``tiny`` (configs/profd_synthetic.yaml: tiny CLIP, 128x64) and the full-size random-init
+Cases: ``tiny`` (configs/profd_synthetic_vit.yaml: tiny CLIP ViT, 128x64) and the full-size random-init
 ViT-B/16 models of ``vit_b16_s16`` (configs/profd_market1501.yaml, 16x8 patches) and ``vit_b16_s12``
 (configs/profd_occ_duke.yaml, ProFD*, 21x10 patches).
 """
@@ -29,7 +29,7 @@ ROOT = os.path.dirname(HERE)
 GOLDEN_DIR = os.path.join(HERE, "golden")
 
 CASES = {
-    "tiny": "profd_synthetic.yaml",
+    "tiny": "profd_synthetic_vit.yaml",
     "vit_b16_s16": "profd_market1501.yaml",
     "vit_b16_s12": "profd_occ_duke.yaml",
 }

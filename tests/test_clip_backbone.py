@@ -27,6 +27,7 @@ from profd_plugin.config import get_default_config
 from profd_plugin.data.masks import part_names
 from profd_plugin.errors import ConfigError, WeightsError
 from profd_plugin.modeling import ProFD, build_profd_model, clip_backbone
+from profd_plugin.modeling import visual as visual_module
 from profd_plugin.modeling.clip_backbone import (
     TINY_CLIP_CONFIG,
     ClipVisualBackbone,
@@ -122,7 +123,7 @@ def test_resize_pos_embed_from_a_non_square_grid():
 
 def test_resize_pos_embed_refuses_a_timm_that_skips_equal_token_counts(monkeypatch):
     """Older timm returned its input when the token count was unchanged and the target square."""
-    monkeypatch.setattr(clip_backbone, "resample_abs_pos_embed", lambda posemb, **kwargs: posemb)
+    monkeypatch.setattr(visual_module, "resample_abs_pos_embed", lambda posemb, **kwargs: posemb)
     with pytest.raises(RuntimeError, match="upgrade timm"):
         resize_pos_embed(torch.randn(1 + 16 * 4, 8), (8, 8), old_size=(16, 4))
 
@@ -149,8 +150,8 @@ def test_random_init_is_plain_clip(quick_gelu):
 def test_unknown_or_unsupported_model_names():
     with pytest.raises(ConfigError, match="no-such-model"):
         create_clip("no-such-model")
-    with pytest.raises(ConfigError, match="plain ViT"):
-        create_clip("RN50")
+    with pytest.raises(ConfigError, match="ViT or ResNet"):
+        create_clip("convnext_base")  # a timm tower
 
 
 # ---------------------------------------------------------------------------------------------- formats

@@ -23,6 +23,7 @@ from profd_plugin.config import setup_cfg
 from profd_plugin.export import (
     OUTPUT_NAMES,
     ProFDInference,
+    export_onnx,
     export_torchscript,
     load_runner,
     parity_check,
@@ -36,7 +37,8 @@ require_extra("onnxruntime", "export")  # every test here exports or runs an exp
 require_extra("onnxscript", "export")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "profd_synthetic.yaml")
+CONFIG = os.path.join(ROOT, "configs", "profd_synthetic_vit.yaml")  # the tiny ViT (the paper's kind of tower)
+MAIN_JOB_CONFIG = os.path.join(ROOT, "configs", "profd_synthetic.yaml")  # tiny_rn: the CLIP ResNet tower
 SIZE = (64, 32)
 NUM_CLASSES = 6
 TOLERANCE = 1e-4
@@ -85,8 +87,8 @@ def run_export(*args):
     return code, out.getvalue(), err.getvalue()
 
 
-def _tiny_model(*opts):
-    cfg = setup_cfg(CONFIG, ["data.height", SIZE[0], "data.width", SIZE[1], *opts])
+def _tiny_model(*opts, config=CONFIG):
+    cfg = setup_cfg(config, ["data.height", SIZE[0], "data.width", SIZE[1], *opts])
     torch.manual_seed(0)
     model = build_profd_model(cfg, NUM_CLASSES)
     gen = torch.Generator().manual_seed(1)
@@ -283,6 +285,17 @@ def test_every_attention_mode_exports_no_decoder_and_sigmoid_visibility():
     parity = parity_check(module, run, batches=(1, 4), mean=cfg.data.norm_mean, std=cfg.data.norm_std)
     assert all(d <= TOLERANCE for diffs in parity.values() for d in diffs.values())
     assert set(parity) == {1, 4} and set(parity[1]) == set(OUTPUT_NAMES)
+
+
+def test_main_job_clip_resnet_exports_to_onnx_and_torchscript_with_parity():
+    model, cfg = _tiny_model(config=MAIN_JOB_CONFIG)
+    assert cfg.profd.clip.name == "tiny_rn"
+    module = ProFDInference(model)
+    for data, fmt in ((export_onnx(module), "onnx"), (export_torchscript(module), "torchscript")):
+        parity = parity_check(module, load_runner(data, fmt), batches=TEST_BATCHES, mean=cfg.data.norm_mean,
+                              std=cfg.data.norm_std)
+        assert set(parity) == set(TEST_BATCHES) and set(parity[TEST_BATCHES[0]]) == set(OUTPUT_NAMES)
+        assert all(d <= TOLERANCE for diffs in parity.values() for d in diffs.values()), (fmt, parity)
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -27,13 +27,15 @@ def test_variants_are_registered_the_torchreid_way():
     from torchreid.reid import models
 
     factories = getattr(models, "__model_factory")
-    for name in ("profd", "profd_s12", "profd_tiny"):
+    for name in ("profd", "profd_s12", "profd_tiny", "profd_tiny_vit"):
         assert name in factories
-    model = models.build_model("profd_tiny", 3, loss="triplet", pretrained=False)
-    cfg = model.build_config
-    assert (cfg.profd.clip.name, cfg.data.height, cfg.data.width) == ("tiny", 128, 64)
-    with pytest.raises(ValueError, match="tiny CLIP .* has no pretrained weights"):
-        models.build_model("profd_tiny", 3)
+    for name, clip in (("profd_tiny", "tiny_rn"), ("profd_tiny_vit", "tiny")):  # the two CPU demos' models
+        model = models.build_model(name, 3, loss="triplet", pretrained=False)
+        cfg = model.build_config
+        assert (cfg.profd.clip.name, cfg.profd.clip.stride, (cfg.data.height, cfg.data.width)) == \
+            (clip, 16, (128, 64))
+        with pytest.raises(ValueError, match=f"tiny CLIP '{clip}' .* has no pretrained weights"):
+            models.build_model(name, 3)
 
 
 def test_vit_variants_build_without_downloads_and_take_any_size(monkeypatch):
@@ -52,10 +54,11 @@ def test_vit_variants_build_without_downloads_and_take_any_size(monkeypatch):
             assert model(torch.randn(1, 3, 128, 64)).shape == (1, 6 * 512)
 
 
-def test_tiny_variant_takes_any_input_size():
+@pytest.mark.parametrize("name", ["profd_tiny", "profd_tiny_vit"])
+def test_tiny_variant_takes_any_input_size(name):
     from torchreid.reid import models
 
-    model = models.build_model("profd_tiny", 4, loss="triplet", pretrained=False)
+    model = models.build_model(name, 4, loss="triplet", pretrained=False)
     for size in ((128, 64), (64, 32), (100, 50), (160, 80)):
         logits, feat = model.train()(torch.randn(2, 3, *size))  # torchreid's triplet engine interface
         assert logits.shape == (2, 4) and feat.shape == (2, 128)
@@ -97,12 +100,12 @@ def test_feature_extractor_follows_the_checkpoints_test_settings(synthetic_root,
 
 
 def test_feature_extractor_stops_with_one_line(profd_checkpoint, synthetic_root, tmp_path):
-    with pytest.raises(CheckpointError, match=r"profd.clip.name 'tiny', this model was built with "
+    with pytest.raises(CheckpointError, match=r"profd.clip.name 'tiny_rn', this model was built with "
                                               r"'ViT-B-16': use model_name='profd_tiny'"):
         _feature_extractor("profd", profd_checkpoint)
-    s12 = make_profd_checkpoint(str(tmp_path / "s12.pth"), synthetic_root, **{"profd.clip.stride": 12})
-    with pytest.raises(CheckpointError, match="profd.clip.stride 12, this model was built with 16"):
-        _feature_extractor("profd_tiny", s12)
+    s32 = make_profd_checkpoint(str(tmp_path / "s32.pth"), synthetic_root, **{"profd.clip.stride": 32})
+    with pytest.raises(CheckpointError, match="profd.clip.stride 32, this model was built with 16"):
+        _feature_extractor("profd_tiny", s32)
     ckpt = torch.load(profd_checkpoint, weights_only=True)
     torchreid_file = tmp_path / "other.pth"
     other_config = ckpt["config"].replace("name: profd", "name: osnet_x0_25", 1)

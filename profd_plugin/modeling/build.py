@@ -23,7 +23,7 @@ from yacs.config import CfgNode
 
 from ..choices import HOST_LOSSES as TORCHREID_LOSSES
 from ..data.masks import part_names
-from .clip_backbone import TINY_CLIP_NAME, create_clip
+from .clip_backbone import PLUGIN_CLIP_CONFIGS, create_clip
 from .outputs import ProFDEmbeddings
 from .profd import ProFD
 
@@ -129,9 +129,10 @@ def profd_torchreid_factory(num_classes: int, loss: str = "softmax", pretrained:
     cfg.merge_from_list(list(opts))
     source = cfg.profd.clip.pretrained
     source = ("openai" if source.lower() == "none" else source) if pretrained else "none"
-    if source == "openai" and cfg.profd.clip.name == TINY_CLIP_NAME:
-        raise ValueError("the tiny CLIP (profd_tiny) has no pretrained weights: build it with "
-                         "pretrained=False, or give torchreid's FeatureExtractor a model_path that exists")
+    if source == "openai" and cfg.profd.clip.name in PLUGIN_CLIP_CONFIGS:
+        raise ValueError(f"the tiny CLIP '{cfg.profd.clip.name}' (profd_tiny, profd_tiny_vit) has no "
+                         f"pretrained weights: build it with pretrained=False, or give torchreid's "
+                         f"FeatureExtractor a model_path that exists")
     model = ProFDTorchreidAdapter(_create_clip(cfg, source), num_classes, loss=loss, **model_kwargs(cfg))
     cfg.freeze()
     model.build_config = cfg

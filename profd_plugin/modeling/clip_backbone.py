@@ -1,30 +1,22 @@
-"""CLIP through open_clip: model creation, pretrained loading and the ReID visual backbone.
+"""CLIP through open_clip: model creation, pretrained loading, and the visual backbone of a CLIP model.
 
-Official ProFD uses OpenAI CLIP ViT-B/16 (Cuixxx/ProFD ``profd.py:443-485``, ``clip/model.py:280-302,
-516-532``): the patch-embedding stride may be smaller than the patch (12 -> 21x10 grid, "ProFD*"), the
-14x14 positional grid is resized bilinearly (align_corners=False) to the patch grid with the class-token
-embedding kept, and ``ln_post`` plus the projection (768 -> 512) are applied to ALL tokens: the class
-token is the global feature F_g and the patch tokens are E_pat (paper Sec. 4.1, 5.2).
+ProFD reads the visual tower through :class:`~profd_plugin.modeling.visual.VisualBackbone`: the ViT
+(:class:`~profd_plugin.modeling.clip_vit.ClipVisualBackbone`, official ProFD's ViT-B/16) or the ResNet
+(:class:`~profd_plugin.modeling.clip_resnet.ClipResNetBackbone`, RN50 as in CLIP-ReID), chosen by the type
+of the tower (:func:`build_visual_backbone`).
 
-Models are built by open_clip's factory (``open_clip.create_model``; the ``tiny`` config is registered
-from ``model_configs/tiny.json`` with ``open_clip.add_model_config``) and checkpoint files are read by
-``open_clip.factory.load_state_dict``; positional grids are resampled by timm's
-``resample_abs_pos_embed``. What those libraries lack is kept here, each piece saying why
-(:func:`_read_checkpoint`, :func:`_fetch_pretrained`). :func:`create_clip` touches the network only for a
-named tag (``openai``), failing fast offline.
-
-Shape shorthand:
-    N: batch size
-    H, W: image size; P: patch size; s: patch-embedding stride
-    h, w: patch grid, h = (H - P) // s + 1, w = (W - P) // s + 1; L = h * w
-    Wv: visual transformer width (768); D: joint embedding width (512)
+Models are built by open_clip's factory (``open_clip.create_model``; the plugin's own configs
+``model_configs/*.json`` -- ``tiny`` (ViT) and ``tiny_rn`` (ResNet) -- are registered with
+``open_clip.add_model_config``) and checkpoint files are read by ``open_clip.factory.load_state_dict``.
+What open_clip lacks is kept here, each piece saying why (:func:`_read_checkpoint`,
+:func:`_fetch_pretrained`). :func:`create_clip` touches the network only for a named tag (``openai``),
+failing fast offline.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import math
 import os
 import socket
 import warnings
@@ -37,22 +29,35 @@ import open_clip.pretrained
 import torch
 from open_clip.factory import load_state_dict
 from open_clip.model import CLIP
-from timm.layers import resample_abs_pos_embed
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ..errors import ConfigError, WeightsError
+from .clip_resnet import ClipResNetBackbone
+from .clip_vit import ClipVisualBackbone
+from .visual import VisualBackbone, grid_size_for, resize_pos_embed
 
-__all__ = ["TINY_CLIP_CONFIG", "TINY_CLIP_NAME", "resize_pos_embed", "create_clip", "ClipVisualBackbone",
-           "grid_size_for"]
+__all__ = ["TINY_CLIP_CONFIG", "TINY_CLIP_NAME", "TINY_RN_CLIP_CONFIG", "TINY_RN_CLIP_NAME",
+           "PLUGIN_CLIP_CONFIGS", "resize_pos_embed", "create_clip", "build_visual_backbone",
+           "ClipVisualBackbone", "ClipResNetBackbone", "grid_size_for"]
 
 logger = logging.getLogger(__name__)
 
-TINY_CLIP_NAME = "tiny"
-#: open_clip config of the tiny random CLIP for tests and the CPU demo (same structure as ViT-B-16: 14x14
-#: grid at 224, patch 16, causal 77-token text transformer with the CLIP BPE vocabulary), registered with
+_CONFIG_DIR = Path(__file__).with_name("model_configs")
+#: The plugin's own open_clip configs by name (``model_configs/<name>.json``), registered with
 #: ``open_clip.add_model_config`` on first use.
-_TINY_CONFIG_FILE = Path(__file__).with_name("model_configs") / f"{TINY_CLIP_NAME}.json"
-TINY_CLIP_CONFIG: Dict[str, Any] = json.loads(_TINY_CONFIG_FILE.read_text())
+PLUGIN_CLIP_CONFIGS: Dict[str, Dict[str, Any]] = {
+    path.stem: json.loads(path.read_text()) for path in sorted(_CONFIG_DIR.glob("*.json"))}
+TINY_CLIP_NAME = "tiny"
+#: Tiny random CLIP ViT for tests and the CPU demo (same structure as ViT-B-16: 14x14 grid at 224, patch
+#: 16, causal 77-token text transformer with the CLIP BPE vocabulary).
+TINY_CLIP_CONFIG: Dict[str, Any] = PLUGIN_CLIP_CONFIGS[TINY_CLIP_NAME]
+TINY_RN_CLIP_NAME = "tiny_rn"
+#: Small random CLIP ResNet for tests and CPU runs (RN50's structure -- 3-conv stem, anti-aliased
+#: bottlenecks, attention pool -- with one bottleneck per stage and width 16: 512 feature channels, 8
+#: attention-pool heads; the tiny text transformer).
+TINY_RN_CLIP_CONFIG: Dict[str, Any] = PLUGIN_CLIP_CONFIGS[TINY_RN_CLIP_NAME]
 #: Keys of OpenAI checkpoints that are not parameters (open_clip drops them only inside TorchScript archives).
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 #: Non-parameter tensors that open_clip-traced archives carry and the model rebuilds (causal text mask).
@@ -68,80 +73,46 @@ _PROBE_TIMEOUT_S = 3.0
 _HTTPS_PORT = 443
 _HF_HOST = "huggingface.co"
 _HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-#: Official positional-grid resize (``clip/model.py:516-532``): ``F.interpolate`` bilinear, no antialiasing,
-#: align_corners False (timm's default None); the class token is the one prefix token.
-_POS_EMBED_INTERPOLATION = "bilinear"
-_NUM_PREFIX_TOKENS = 1
-
-
-def grid_size_for(image_size: Tuple[int, int], patch_size: int, stride: int) -> Tuple[int, int]:
-    """Patch grid of a conv patch embedding: ((H - P) // s + 1, (W - P) // s + 1)."""
-    height, width = image_size
-    if height < patch_size or width < patch_size:
-        raise ValueError(f"image size {tuple(image_size)} is smaller than the patch size {patch_size}")
-    return (height - patch_size) // stride + 1, (width - patch_size) // stride + 1
-
-
-def resize_pos_embed(pos_embed: Tensor, grid_size: Tuple[int, int],
-                     num_prefix_tokens: int = _NUM_PREFIX_TOKENS, *,
-                     old_size: Optional[Tuple[int, int]] = None) -> Tensor:
-    """Resample a ViT positional embedding to a new patch grid, keeping the prefix (class) tokens.
-
-    timm's ``resample_abs_pos_embed`` with the official rule: bilinear, align_corners=False, no
-    antialiasing (official ``clip/model.py:516-532``). Differentiable.
-
-    Args:
-        pos_embed: (num_prefix + g_h*g_w, Wv) positional embedding.
-        grid_size: target (h, w).
-        num_prefix_tokens: leading non-spatial tokens kept as they are.
-        old_size: source (g_h, g_w); default: a square grid (CLIP's pretraining grid).
-
-    Returns:
-        (num_prefix + h*w, Wv) positional embedding, a new tensor (a copy at the same grid).
-    """
-    spatial = pos_embed.shape[0] - num_prefix_tokens
-    if old_size is None:
-        side = math.isqrt(spatial)
-        if side * side != spatial:
-            raise ValueError(f"positional embedding with {spatial} spatial tokens is not a square grid; "
-                             f"pass old_size")
-        old_size = (side, side)
-    old, new = (int(old_size[0]), int(old_size[1])), (int(grid_size[0]), int(grid_size[1]))
-    if old[0] * old[1] != spatial:
-        raise ValueError(f"positional embedding with {spatial} spatial tokens is not a {old} grid")
-    if old == new:
-        return pos_embed.clone()  # timm returns its input here; the caller owns the result
-    out = resample_abs_pos_embed(pos_embed.unsqueeze(0), new_size=list(new), old_size=list(old),
-                                 num_prefix_tokens=num_prefix_tokens, interpolation=_POS_EMBED_INTERPOLATION,
-                                 antialias=False)[0]  # (num_prefix + h*w, Wv)
-    if out.data_ptr() == pos_embed.data_ptr():  # older timm skips equal token counts, assuming square grids
-        raise RuntimeError(f"timm did not resample the positional grid {old} -> {new} (same number of "
-                           f"tokens); upgrade timm")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- creation
-def _register_tiny_config() -> None:
-    """Register the ``tiny`` config with open_clip once (a no-op when it is registered already)."""
-    registered = open_clip.get_model_config(TINY_CLIP_NAME)
-    if registered is None:
-        open_clip.add_model_config(_TINY_CONFIG_FILE)
-    elif registered != TINY_CLIP_CONFIG:
-        raise RuntimeError(f"another open_clip model config named '{TINY_CLIP_NAME}' is registered")
+def _register_plugin_configs() -> None:
+    """Register the plugin's configs with open_clip once (a no-op for those registered already)."""
+    for name, config in PLUGIN_CLIP_CONFIGS.items():
+        registered = open_clip.get_model_config(name)
+        if registered is None:
+            open_clip.add_model_config(_CONFIG_DIR / f"{name}.json")
+        elif registered != config:
+            raise RuntimeError(f"another open_clip model config named '{name}' is registered")
 
 
 def _check_model_name(name: str) -> None:
-    """Raise unless ``name`` is an open_clip config of a plain ViT + CLIP text transformer (ProFD's kind)."""
-    _register_tiny_config()
+    """Raise unless ``name`` is an open_clip config of a CLIP ViT or ResNet with the CLIP text transformer."""
+    _register_plugin_configs()
     cfg = open_clip.get_model_config(name)
     if cfg is None:
-        raise ConfigError(f"unknown CLIP model '{name}' (profd.clip.name); use 'tiny' or an open_clip ViT "
-                          f"name such as ViT-B-16 (open_clip.list_models())")
+        raise ConfigError(f"unknown CLIP model '{name}' (profd.clip.name); use an open_clip ViT or ResNet "
+                          f"name such as ViT-B-16 or RN50 (open_clip.list_models()), or tiny / tiny_rn")
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-    if cfg.get("custom_text") or "timm_model_name" in vision or "hf_model_name" in text or \
-            isinstance(vision.get("layers"), (list, tuple)):
-        raise ConfigError(f"CLIP model '{name}' is not a plain ViT + CLIP text transformer, "
-                          f"the only kind ProFD supports")
+    if cfg.get("custom_text") or "timm_model_name" in vision or "hf_model_name" in text:
+        raise ConfigError(f"CLIP model '{name}' is not a CLIP ViT or ResNet with the CLIP text transformer, "
+                          f"the kinds ProFD supports")
+
+
+def build_visual_backbone(visual: nn.Module, *, image_size: Tuple[int, int], stride: int) -> VisualBackbone:
+    """The ProFD backbone of an open_clip visual tower (taken over): ViT or ResNet, by its type.
+
+    Args:
+        visual: ``clip.visual`` of a model from :func:`create_clip`.
+        image_size: built (H, W) input size.
+        stride: ``profd.clip.stride``: the ViT's patch-embedding stride (16, 12 = ProFD*) or the ResNet's
+            output stride (16 = last stride 1 as CLIP-ReID, 32).
+    """
+    if isinstance(visual, ModifiedResNet):
+        return ClipResNetBackbone(visual, image_size=image_size, stride=stride)
+    if isinstance(visual, VisionTransformer):
+        return ClipVisualBackbone(visual, image_size=image_size, stride=stride)
+    raise TypeError(f"no ProFD backbone for a {type(visual).__name__} visual tower")
 
 
 class _DropNotice(logging.Filter):
@@ -292,7 +263,8 @@ def create_clip(name: str = "ViT-B-16", pretrained: str = "none", *, cache_dir: 
     """Build an open_clip ``CLIP`` (fp32, CPU) with ``open_clip.create_model`` and load its weights.
 
     Args:
-        name: open_clip model name (``ViT-B-16``) or ``tiny``.
+        name: open_clip model name of a CLIP ViT or ResNet (``ViT-B-16``, ``RN50``), or ``tiny`` /
+            ``tiny_rn``.
         pretrained: ``none`` / ``''`` (random init), an open_clip tag for ``name`` (``openai``: downloaded
             or taken from the cache; an offline failure raises a one-line RuntimeError saying what to
             download), or a path to a local checkpoint: an OpenAI TorchScript archive or state dict
@@ -306,7 +278,7 @@ def create_clip(name: str = "ViT-B-16", pretrained: str = "none", *, cache_dir: 
         The CLIP model (visual tower at its native square resolution).
 
     Raises:
-        KeyError / ValueError: ``name`` is not an open_clip ViT config.
+        KeyError / ValueError: ``name`` is not an open_clip CLIP ViT / ResNet config.
         FileNotFoundError: ``pretrained`` is neither a known tag nor an existing file.
         RuntimeError: a named tag could not be downloaded, or the checkpoint does not fit the model.
     """
@@ -326,107 +298,3 @@ def create_clip(name: str = "ViT-B-16", pretrained: str = "none", *, cache_dir: 
     _load_weights(model, state_dict, name=name, path=path)
     logger.info("loaded CLIP %s weights from %s", name, path)
     return model
-
-
-# ---------------------------------------------------------------------------------------------- backbone
-class ClipVisualBackbone(nn.Module):
-    """CLIP ViT returning the projected class token and patch tokens, at any input size and stride.
-
-    The positional parameter holds the grid of the *built* input size ``image_size`` (CLIP's square
-    pretraining grid resized when the backbone is built, then trained). An input of another size (H, W
-    >= the patch size) is encoded with that grid resampled to its own patch grid by the same bilinear rule
-    (:func:`resize_pos_embed`); at the built size the parameter is used as it is.
-
-    Args:
-        visual: an open_clip ``VisionTransformer`` (taken over, not copied) with a learnable positional
-            grid of ``visual.grid_size`` and ``pool_type='tok'``.
-        image_size: built (H, W) input size; the positional grid is resized to its patch grid.
-        stride: patch-embedding stride s (``profd.clip.stride``; 16 = the patch size, 12 = ProFD*).
-
-    Attributes:
-        image_size: built (H, W) input size.
-        grid_size: (h, w) patch grid of ``image_size``, the grid of the positional parameter.
-        patch_size, stride: patch-embedding kernel P and stride s.
-        embed_dim: D.
-    """
-
-    def __init__(self, visual: nn.Module, *, image_size: Tuple[int, int], stride: int) -> None:
-        super().__init__()
-        self.patch_size = int(visual.conv1.kernel_size[0])
-        self.stride = int(stride)
-        visual.conv1.stride = (self.stride, self.stride)
-        self.visual = visual
-        self.embed_dim = int(visual.proj.shape[1])
-        # resampled grids by input grid: (parameter version key, (1 + h*w, Wv) embedding)
-        self._pos_cache: Dict[Tuple[int, int], Tuple[tuple, Tensor]] = {}
-        # the pretraining grid of the parameter (224 / 16 = 14x14 for ViT-B/16), re-gridded just below
-        self.image_size, self.grid_size = tuple(visual.image_size), tuple(visual.grid_size)
-        self.set_image_size(image_size)
-
-    def grid_for(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
-        """(h, w) patch grid of an (H, W) input; ValueError below the patch size."""
-        return grid_size_for((int(image_size[0]), int(image_size[1])), self.patch_size, self.stride)
-
-    def set_image_size(self, image_size: Tuple[int, int]) -> None:
-        """Make ``image_size`` the built size: re-grid the positional parameter itself to its patch grid.
-
-        Resampled from the current grid with :func:`resize_pos_embed`. Lets a loader give a model built at
-        one size the positional-parameter shape of a checkpoint trained at another size, then load it
-        exactly. The parameter is replaced by a new one (``requires_grad`` kept): call this before an
-        optimizer is built.
-        """
-        size = (int(image_size[0]), int(image_size[1]))
-        grid = self.grid_for(size)
-        old = self.visual.positional_embedding
-        with torch.no_grad():
-            resized = resize_pos_embed(old.detach(), grid, old_size=self.grid_size)  # (1 + h*w, Wv)
-        self.visual.positional_embedding = nn.Parameter(resized, requires_grad=old.requires_grad)
-        self.image_size, self.grid_size = size, grid
-        self.visual.image_size, self.visual.grid_size = size, grid
-        self._pos_cache.clear()
-
-    def positional_embedding_for(self, grid_size: Tuple[int, int]) -> Tensor:
-        """(1 + h*w, Wv) positional embedding of an input with patch grid ``grid_size``.
-
-        The parameter itself at the built grid; otherwise the built grid resampled to ``grid_size``
-        (differentiable). In eval mode without gradients that result is cached per grid, keyed on the
-        parameter's storage and in-place version, so optimizer steps and ``load_state_dict`` invalidate it
-        (as ``PartPromptLearner`` does for the prompt features).
-        """
-        pos = self.visual.positional_embedding
-        grid = (int(grid_size[0]), int(grid_size[1]))
-        if grid == self.grid_size:
-            return pos
-        if self.training or torch.is_grad_enabled():
-            return resize_pos_embed(pos, grid, old_size=self.grid_size)
-        key = (pos.data_ptr(), pos._version, pos.device, pos.dtype)
-        cached = self._pos_cache.get(grid)
-        if cached is None or cached[0] != key:
-            cached = self._pos_cache[grid] = (key, resize_pos_embed(pos, grid, old_size=self.grid_size))
-        return cached[1]
-
-    def train(self, mode: bool = True) -> "ClipVisualBackbone":
-        """Set the mode and drop the cached resampled grids."""
-        self._pos_cache.clear()
-        return super().train(mode)
-
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
-        """Encode images.
-
-        Args:
-            images: (N, 3, H, W) normalised images, any H, W >= the patch size.
-
-        Returns:
-            cls: (N, D) projected class token (global feature F_g).
-            patches: (N, L, D) projected patch tokens E_pat, row-major over the input's (h, w) grid
-            (:meth:`grid_for`).
-        """
-        grid = self.grid_for(images.shape[-2:])
-        visual = self.visual
-        x = visual.conv1(images)  # (N, Wv, h, w)
-        x = x.flatten(2).transpose(1, 2)  # (N, L, Wv)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (N, 1, Wv)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding_for(grid).to(x.dtype)  # (N, 1+L, Wv)
-        x = visual.transformer(visual.ln_pre(x))  # (N, 1+L, Wv)
-        x = visual.ln_post(x) @ visual.proj  # (N, 1+L, D), ln_post and projection on ALL tokens
-        return x[:, 0], x[:, 1:]

@@ -12,8 +12,8 @@ Shape shorthand:
     N: batch size
     K: number of body parts
     Q: prompt set / decoder queries, [bg, fg, parts] = K+2 (K+1 without a foreground word)
-    D: joint embedding width (512 for ViT-B/16); C: identities
-    H, W: image size; h, w: patch grid; L = h * w
+    D: joint embedding width (512 for ViT-B/16, 1024 for RN50); C: identities
+    H, W: image size; h, w: patch grid (the ResNet's feature map); L = h * w
     Hm, Wm: mask resolution
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
 from ..choices import ATTENTION_MODES
-from .clip_backbone import ClipVisualBackbone
+from .clip_backbone import build_visual_backbone
 from .decoder import HybridAttentionDecoder
 from .heads import (
     BNNeck,
@@ -57,13 +57,15 @@ class ProFD(nn.Module):
     """Prompt-guided feature disentangling model.
 
     Args:
-        clip: an open_clip ``CLIP`` with weights loaded (``clip_backbone.create_clip``). Its visual
-            tower and text tower are taken over; its token embedding is used once to build the prompt
+        clip: an open_clip ``CLIP`` with weights loaded (``clip_backbone.create_clip``), ViT or ResNet
+            visual tower (``clip_backbone.build_visual_backbone``). Its visual tower and text tower are
+            taken over; its token embedding is used once to build the prompt
             buffers and not kept.
         num_classes: C training identities (classifiers and memory banks).
         part_names: ordered part names (``data.masks.part_names(grouping)``).
         image_size: (H, W) input size.
-        stride: patch-embedding stride (16, or 12 for ProFD*).
+        stride: ``profd.clip.stride``: the ViT's patch-embedding stride (16, or 12 for ProFD*), or the
+            ResNet's output stride (16 = last stride 1 as CLIP-ReID, or 32).
         n_ctx, class_specific_ctx, foreground_word, learnable_background, train_text_encoder: see
             :class:`~profd_plugin.modeling.prompts.PartPromptLearner`.
         decoder_layers, decoder_heads, decoder_dropout, ffn_ratio: decoder size (official 2, 8, 0.1, 4).
@@ -102,7 +104,7 @@ class ProFD(nn.Module):
         self.visibility_mode, self.visibility_temperature = visibility_mode, visibility_temperature
         self.visibility_threshold = visibility_threshold
 
-        self.backbone = ClipVisualBackbone(clip.visual, image_size=image_size, stride=stride)
+        self.backbone = build_visual_backbone(clip.visual, image_size=image_size, stride=stride)
         dim = self.embed_dim = self.backbone.embed_dim
         self.prompt_learner = PartPromptLearner(
             part_names=part_names, text_encoder=ClipTextEncoder.from_clip(clip),
@@ -248,9 +250,10 @@ class ProFD(nn.Module):
 
     def no_weight_decay(self) -> Set[str]:
         """Parameter names exempt from weight decay: biases, norms (all <= 1-D parameters), the prompt
-        context, the background vector and the positional / class embeddings."""
+        context, the background vector and the positional / class embeddings (the backbone's
+        ``no_weight_decay_names``)."""
         names = {name for name, p in self.named_parameters() if p.ndim <= 1}
-        embeddings = ("backbone.visual.positional_embedding", "backbone.visual.class_embedding",
+        embeddings = (*(_BACKBONE_PREFIX + name for name in self.backbone.no_weight_decay_names()),
                       "prompt_learner.ctx", "prompt_learner.background",
                       "prompt_learner.text_encoder.positional_embedding")
         params = dict(self.named_parameters())

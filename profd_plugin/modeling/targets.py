@@ -53,8 +53,9 @@ def patch_labels(masks: Tensor, *, grid_size: Tuple[int, int], image_size: Tuple
         masks: (N, K+1, Hm, Wm) soft masks, channel 0 = background.
         grid_size: (h, w) patch grid of the backbone.
         image_size: (H, W) input image size.
-        patch_size: patch-embedding kernel P.
-        stride: patch-embedding stride s.
+        patch_size: side of the pixel block a grid position stands for: the ViT's patch-embedding kernel
+            P, a CLIP ResNet's output stride S (the block its feature-map position was pooled from).
+        stride: step between blocks: the ViT's patch-embedding stride s, the ResNet's S.
         label_scale: sharpening factor (``profd.masks.patch_label_scale``, official 64).
 
     Returns:
