@@ -50,14 +50,15 @@ def test_resume_continues_exactly(synthetic_root, trained_run, tmp_path):
     copy_run(trained_run, split)  # 1 epoch of the same config, then 1 more after a resume
     run_from_cfg(_cfg(synthetic_root, split, **{"train.max_epoch": 2, "model.resume": "auto"}))
     one = torch.load(trained_run["checkpoint"], weights_only=True)["state_dict"]
-    assert all(torch.equal(_state(straight, 1)["state_dict"][k], v) for k, v in one.items())
+    straight_one = _state(straight, 1)["state_dict"]
+    assert all(torch.equal(straight_one[k], v) for k, v in one.items())
     a, b = _state(straight, 2), _state(split, 2)
     assert a["epoch"] == b["epoch"] == 2
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 2
     # and the first epoch really changed the weights (the comparison is not vacuous)
-    first = _state(straight, 1)["state_dict"]["backbone.visual.conv1.weight"]
+    first = straight_one["backbone.visual.conv1.weight"]
     assert not torch.equal(first, a["state_dict"]["backbone.visual.conv1.weight"])
 
 
