@@ -23,8 +23,8 @@ import sys
 import time
 
 import torch
-from _proc import status_kib  # noqa: E402
 
+from profd_plugin.benchmark.measure import status_kib
 from profd_plugin.metrics import visibility_aware_distance
 
 TIME_TARGET = 1.5  # ours / cdist

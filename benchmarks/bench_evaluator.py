@@ -19,12 +19,12 @@ import numpy as np
 
 warnings.filterwarnings("ignore", message="Cython evaluation")
 
-from _proc import status_kib  # noqa: E402
 
 # evaluate_py is what torchreid's evaluate_rank(..., use_cython=False) runs (the Cython path is not built
 # in the PyPI wheel); `import profd_plugin` leaves it alone.
 from torchreid.reid.metrics.rank import evaluate_py as torchreid_evaluate_py  # noqa: E402
 
+from profd_plugin.benchmark.measure import status_kib  # noqa: E402
 from profd_plugin.metrics import evaluate_rank  # noqa: E402
 
 SPEED_TARGET = 20.0  # ours must be at least this many times faster

@@ -158,14 +158,21 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, "configs", "profd_synthetic.yaml")
 
 
-def load_main():
-    """``tools/main.py`` as a module (its ``main(argv)`` runs in-process)."""
+def load_script(relative_path: str):
+    """A script of the repository (``tools/main.py``, ``benchmarks/throughput.py``, ...) as a fresh module, so
+    that its ``main(argv)`` and helpers run in-process."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("profd_main", osp.join(ROOT, "tools", "main.py"))
+    name = "profd_script_" + osp.splitext(relative_path)[0].replace("/", "_")
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, relative_path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_main():
+    """``tools/main.py`` as a module (its ``main(argv)`` runs in-process)."""
+    return load_script("tools/main.py")
 
 
 @pytest.fixture(scope="session")

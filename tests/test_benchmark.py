@@ -1,13 +1,12 @@
 """``tools/benchmark.py`` on the tiny synthetic set: tables, reuse of finished runs, resume, bad input."""
 import csv
 import glob
-import importlib.util
 import json
 import os
 import signal
 
 import pytest
-from conftest import tiny_run_opts
+from conftest import load_script, tiny_run_opts
 
 from profd_plugin.benchmark import ROW_KEYS, RUN_FILE
 from profd_plugin.benchmark.plan import plan_runs, split_opts
@@ -19,15 +18,7 @@ CONFIG = os.path.join(ROOT, "configs", "profd_synthetic.yaml")
 BASELINE = "squeezenet1_1"  # a small built-in: small checkpoints, fast steps
 
 
-def _load_tool():
-    path = os.path.join(ROOT, "tools", "benchmark.py")
-    spec = importlib.util.spec_from_file_location("profd_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TOOL = _load_tool()
+TOOL = load_script("tools/benchmark.py")
 
 
 def _opts(root, **overrides):

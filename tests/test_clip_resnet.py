@@ -17,7 +17,7 @@ import open_clip.pretrained
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_dir, tiny_run_opts
+from conftest import load_main, run_dir, tiny_run_opts
 from open_clip.model import CLIP
 from open_clip.modified_resnet import Bottleneck, ModifiedResNet
 from open_clip.tokenizer import SimpleTokenizer
@@ -317,11 +317,7 @@ MAIN_CASES = [
 @pytest.mark.parametrize("config_name, clip_name, positional, shape", MAIN_CASES)
 def test_main_trains_and_evaluates_both_synthetic_configs(synthetic_root, tmp_path, capsys, config_name,
                                                           clip_name, positional, shape):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("profd_main", os.path.join(ROOT, "tools", "main.py"))
-    main = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(main)
+    main = load_main()
     config = os.path.join(ROOT, "configs", config_name)
     assert setup_cfg(config).profd.clip.name == clip_name
     assert main.main(["--config-file", config, *tiny_run_opts(synthetic_root, str(tmp_path / "train"))]) == 0

@@ -1,7 +1,6 @@
 """tools/check_dataset.py and tools/download_masks.py, run in-process."""
 
 import hashlib
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -11,17 +10,13 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 from profd_plugin.data.datasets import DukeMTMCreID
 
-TOOLS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "tools")
-
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", osp.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ own eval ``forward``.
 """
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import logging
@@ -16,7 +15,7 @@ import os
 
 import pytest
 import torch
-from conftest import require_extra
+from conftest import load_script, require_extra
 
 from profd_plugin.checkpoint import build_from_checkpoint, make_checkpoint
 from profd_plugin.config import setup_cfg
@@ -50,15 +49,7 @@ VIS_BIAS = (3.0, -3.0, 0.5, 2.0, -2.0)
 THRESHOLD_MARGIN = 1e-3
 
 
-def _load_tool():
-    path = os.path.join(ROOT, "tools", "export.py")
-    spec = importlib.util.spec_from_file_location("profd_export_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-EXPORT = _load_tool()
+EXPORT = load_script("tools/export.py")
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ A stub backend (known keypoints, known silhouette) pins the field format and the
 MediaPipe backend runs on the photographs that scikit-image bundles, and its masks feed a one-epoch training
 run.
 """
-import importlib.util
 import math
 import os
 import os.path as osp
@@ -13,7 +12,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_market_like, make_pid_folders, require_extra, tiny_run_opts, write_image
+from conftest import (
+    load_script,
+    make_market_like,
+    make_pid_folders,
+    require_extra,
+    tiny_run_opts,
+    write_image,
+)
 from PIL import Image
 
 from profd_plugin.data.datasets import DATASETS
@@ -29,10 +35,7 @@ KP = {name: i for i, name in enumerate(PIFPAF_KEYPOINTS)}
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", osp.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py")
 
 
 MAKE_MASKS = load_tool("make_masks")

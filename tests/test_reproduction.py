@@ -3,6 +3,7 @@ import logging
 import os
 
 import pytest
+from conftest import load_script
 
 from profd_plugin.config import setup_cfg
 from profd_plugin.reproduction import (
@@ -115,12 +116,7 @@ def test_data_manager_counts_and_resize_flags_feed_the_guard(tmp_path, market_li
 
 
 def test_check_dataset_compares_with_the_published_counts(tmp_path, market_like, capsys):
-    import importlib.util
-
-    path = os.path.join(ROOT, "tools", "check_dataset.py")
-    spec = importlib.util.spec_from_file_location("check_dataset", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/check_dataset.py")
     market_like(str(tmp_path / "Market-1501-v15.09.15"))
     assert tool.main(["--root", str(tmp_path), "--dataset", "market1501", "--quick"]) == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("published counts")]

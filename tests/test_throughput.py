@@ -1,24 +1,15 @@
 """benchmarks/throughput.py and benchmarks/gpu_smoke.py: their CPU smoke runs, and the timed training step
 is the engine's step."""
-import importlib.util
 import json
 import os
 
 import torch
-from conftest import tiny_run_opts
+from conftest import load_script, tiny_run_opts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load(name):
-    path = os.path.join(ROOT, "benchmarks", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-THROUGHPUT, GPU_SMOKE = _load("throughput"), _load("gpu_smoke")
+THROUGHPUT, GPU_SMOKE = load_script("benchmarks/throughput.py"), load_script("benchmarks/gpu_smoke.py")
 
 
 def test_a_clocked_step_is_the_training_step(synthetic_root, tmp_path):

@@ -1,14 +1,13 @@
 """Pictures: tools/visualize.py (ranked lists, part attention) and test.visrank; valid PNGs of the documented
 size, heatmaps that are not constant, one-line errors."""
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_run_opts, write_image
+from conftest import load_script, tiny_run_opts, write_image
 from PIL import Image
-from test_main import CONFIG, MAIN, ROOT
+from test_main import CONFIG, MAIN
 
 from profd_plugin.visualize import (
     BORDER,
@@ -28,15 +27,7 @@ from profd_plugin.visualize import (
 NUM_PARTS = 5
 
 
-def _load_tool():
-    path = os.path.join(ROOT, "tools", "visualize.py")
-    spec = importlib.util.spec_from_file_location("profd_visualize", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TOOL = _load_tool()
+TOOL = load_script("tools/visualize.py")
 
 
 def _pngs(folder):

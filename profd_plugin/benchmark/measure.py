@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-__all__ = ["inference_params", "total_params", "inference_images_per_s", "PeakMemory"]
+__all__ = ["inference_params", "total_params", "inference_images_per_s", "PeakMemory", "status_kib"]
 
 CLASSIFIER_PREFIX = "classifier."  # torchreid built-ins: the identity classifier, unused at inference
 MIN_TIME_S = 1.0  # time at least this long ...
@@ -71,7 +71,8 @@ def inference_images_per_s(model: nn.Module, *, batch_size: int, height: int, wi
         model.train(was_training)
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A VmXXX field of /proc/self/status in KiB (Linux): VmRSS now, VmHWM the peak so far."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -106,7 +107,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / MIB
         try:
-            return _status_kib("VmHWM") / 1024
+            return status_kib("VmHWM") / 1024
         except (OSError, KeyError):  # not Linux: ru_maxrss is KiB on Linux, bytes on macOS
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             self.since_start = True
