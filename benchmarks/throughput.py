@@ -35,6 +35,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
+from profd_plugin.benchmark.measure import synchronize  # noqa: E402
 from profd_plugin.config import setup_cfg  # noqa: E402
 from profd_plugin.engine import TRAIN_STAGES  # noqa: E402
 from profd_plugin.modeling import build_profd_model  # noqa: E402
@@ -51,16 +52,11 @@ VIT = ["profd.clip.name", "ViT-B-16", "profd.clip.pretrained", "none", "data.hei
        "128", "profd.synthetic.height", "256", "profd.synthetic.width", "128", "profd.augment.pad", "10"]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn: Callable, iters: int, device: torch.device) -> float:
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - start) / iters
 
 
@@ -108,7 +104,7 @@ def breakdown(opts: List[str], *, device: torch.device, steps: int, warmup: int)
         last = [time.perf_counter()]
 
         def clock(stage: str) -> None:
-            _sync(device)
+            synchronize(device)
             now = time.perf_counter()
             if step >= warmup:
                 per_stage[stage].append(now - last[0])

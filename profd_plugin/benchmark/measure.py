@@ -19,7 +19,8 @@ import time
 import torch
 from torch import nn
 
-__all__ = ["inference_params", "total_params", "inference_images_per_s", "PeakMemory", "status_kib"]
+__all__ = ["inference_params", "total_params", "inference_images_per_s", "PeakMemory", "status_kib",
+           "synchronize"]
 
 CLASSIFIER_PREFIX = "classifier."  # torchreid built-ins: the identity classifier, unused at inference
 MIN_TIME_S = 1.0  # time at least this long ...
@@ -40,7 +41,8 @@ def total_params(model: nn.Module) -> int:
     return sum(p.numel() for p in getattr(model, "module", model).parameters())
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously) before a clock is read."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -60,11 +62,11 @@ def inference_images_per_s(model: nn.Module, *, batch_size: int, height: int, wi
         gen = torch.Generator().manual_seed(seed)
         images = torch.randn(batch_size, 3, height, width, generator=gen).to(device)  # (B, 3, H, W)
         model(images)  # warm-up: caches (prompt features, cuDNN algorithms), allocator
-        _sync(device)
+        synchronize(device)
         iters, start = 0, time.perf_counter()
         while iters < min_iters or time.perf_counter() - start < min_time_s:
             model(images)
-            _sync(device)
+            synchronize(device)
             iters += 1
         return iters * batch_size / (time.perf_counter() - start)
     finally:
