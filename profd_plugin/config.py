@@ -48,6 +48,8 @@ def _host_config() -> CN:
     cfg.data.sources = ["synthetic_occluded"]  # training datasets
     cfg.data.targets = ["synthetic_occluded"]  # test datasets (one table row each)
     cfg.data.workers = 2  # data-loader worker processes
+    # decode every train image + mask once and keep them in memory (RAM ~ decoded train set; same batches)
+    cfg.data.cache_train = False
     cfg.data.height = 256
     cfg.data.width = 128
     cfg.data.combineall = False

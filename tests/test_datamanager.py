@@ -221,6 +221,57 @@ def test_synthetic_from_dataset_kwargs(synthetic_root, synthetic_params):
     assert batch["masks"].shape == (8, 6, 8, 4) and batch["visibility"][:, 1:].any()
 
 
+def _epochs(dm, epochs=2):
+    """Every batch of ``epochs`` epochs, each seeded as the engine does (global RNGs + loader generator)."""
+    batches = []
+    for epoch in range(epochs):
+        random.seed(epoch)
+        np.random.seed(epoch)
+        torch.manual_seed(epoch)
+        dm.train_loader.generator.manual_seed(100 + epoch)
+        batches += list(dm.train_loader)
+    return batches
+
+
+@pytest.mark.parametrize("height, width, workers", [(32, 16, 0), (64, 32, 0), (64, 32, 1)])
+def test_cached_train_set_gives_the_same_batches(synthetic_root, synthetic_params, height, width, workers):
+    """data.cache_train reads every item once at construction; the batches of every epoch are the uncached
+    ones bit for bit (resized or at the native 64x32, in the main process or a forked worker), and the
+    augmentations never write into the cached tensors."""
+    def build(cache):
+        return ProFDDataManager(root=synthetic_root, sources="synthetic_occluded", cache_train=cache,
+                                dataset_kwargs={"synthetic_occluded": synthetic_params},
+                                **{**SMALL, "height": height, "width": width, "workers": workers})
+
+    plain, cached = build(False), build(True)
+    dataset = cached.train_loader.dataset
+    assert plain.train_loader.dataset._cache is None and len(dataset._cache) == len(dataset) == 24
+    expected, got = _epochs(plain), _epochs(cached)
+    assert len(got) == len(expected) >= 4
+    for a, b in zip(expected, got):
+        assert a["impath"] == b["impath"] and a["pid"].equal(b["pid"])
+        for key in ("img", "masks", "visibility"):
+            assert a[key].equal(b[key]), key
+    assert not expected[0]["img"].equal(expected[-1]["img"])
+    for index, (img, parts) in enumerate(dataset._cache):
+        fresh_img, fresh_parts = dataset._read(index)
+        assert img.equal(fresh_img) and parts.equal(fresh_parts) and img.dtype == torch.uint8
+
+
+def test_cached_train_set_names_a_bad_file_at_construction(synthetic_root, synthetic_params, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_root, root)
+    dm = ProFDDataManager(root=str(root), sources="synthetic_occluded",
+                          dataset_kwargs={"synthetic_occluded": synthetic_params}, **SMALL)
+    bad = dm.train_loader.dataset.items[5][0]
+    with open(bad, "wb") as f:
+        f.write(b"broken")
+    with pytest.raises(DatasetError, match="cannot read image") as info:
+        ProFDDataManager(root=str(root), sources="synthetic_occluded", cache_train=True,
+                         dataset_kwargs={"synthetic_occluded": synthetic_params}, **SMALL)
+    assert bad in str(info.value) and "\n" not in str(info.value)
+
+
 class FakeDist:
     """``torch.distributed`` stand-in for one rank: records barriers and what existed at each one."""
 

@@ -61,9 +61,10 @@ def test_engine_data_manager_and_evaluation_defaults():
     dm, d = _signature_defaults(ProFDDataManager.__init__), cfg.data
     assert (dm["height"], dm["width"], list(dm["transforms"]), list(dm["norm_mean"]),
             list(dm["norm_std"])) == (d.height, d.width, d.transforms, d.norm_mean, d.norm_std)
-    assert (dm["batch_size_train"], dm["batch_size_test"], dm["workers"], dm["train_sampler"],
-            dm["num_instances"]) == (cfg.train.batch_size, cfg.test.batch_size, d.workers,
-                                     cfg.sampler.train_sampler, cfg.sampler.num_instances)
+    assert (dm["batch_size_train"], dm["batch_size_test"], dm["workers"], dm["cache_train"],
+            dm["train_sampler"], dm["num_instances"]) == (
+        cfg.train.batch_size, cfg.test.batch_size, d.workers, d.cache_train, cfg.sampler.train_sampler,
+        cfg.sampler.num_instances)
 
 
 # ------------------------------------------------------------------ every key is read

@@ -23,91 +23,19 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchreid.reid.data.datasets import init_image_dataset
 from torchreid.reid.data.sampler import build_train_sampler
-from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError
 from ..reproduction import reads_resize_copy
 from .builtin import register_datasets
-from .datasets import DatasetError, SyntheticOccluded, load_train_mask, split_counts
-from .masks import MaskParams, part_names, part_targets
+from .datasets import DatasetError, SyntheticOccluded, split_counts
+from .imageset import ReIDImageSet, pil_to_image, read_image
+from .masks import MaskParams, part_names
 from .sampler import ShardedIdentitySampler
 from .transforms import AugmentParams, build_test_transform, build_train_transform
 
-__all__ = ["ProFDDataManager", "ReIDImageSet", "dataset_kwargs_from_cfg", "read_image"]
+__all__ = ["ProFDDataManager", "ReIDImageSet", "dataset_kwargs_from_cfg", "pil_to_image", "read_image"]
 
 logger = logging.getLogger(__name__)
-
-
-def pil_to_image(img: Image.Image) -> tv_tensors.Image:
-    """A PIL image as an RGB uint8 ``(3, h, w)`` ``tv_tensors.Image``."""
-    return tv_tensors.Image(TF.pil_to_tensor(img.convert("RGB")))
-
-
-def read_image(path: str) -> tv_tensors.Image:
-    """Read an RGB image as uint8 ``(3, h, w)``; raises DatasetError naming the file."""
-    try:
-        with Image.open(path) as im:
-            return pil_to_image(im)
-    except Exception as e:  # noqa: BLE001 - any decoding failure names the file
-        raise DatasetError(f"cannot read image {path} ({type(e).__name__}: {e})") from None
-
-
-class ReIDImageSet(Dataset):
-    """Items ``(img_path, pid, camid, dsetid)`` -> batch-dict entries.
-
-    Args:
-        items: the host's 4-tuples.
-        transform: train or test transform of :mod:`transforms`.
-        mask_paths: per item, the mask file, or None for a known-missing mask (all-background);
-            None for the whole argument = no masks (test sets, torchreid baselines).
-        mask_params: grouping and target parameters (needed with ``mask_paths``).
-    """
-
-    def __init__(
-        self,
-        items: Sequence[tuple],
-        transform: Any,
-        *,
-        mask_paths: Optional[Sequence[Optional[str]]] = None,
-        mask_params: Optional[MaskParams] = None,
-    ) -> None:
-        self.items = list(items)
-        self.transform = transform
-        self.mask_paths = None if mask_paths is None else list(mask_paths)
-        self.mask_params = mask_params or MaskParams()
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def _parts(self, index: int, image_size: Sequence[int]) -> torch.Tensor:
-        """Grouped part maps ``(K, h, w)`` of item ``index`` (zeros = all background if known missing)."""
-        path = self.mask_paths[index]
-        if path is None:
-            return torch.zeros(self.mask_params.num_parts, *image_size)
-        return load_train_mask(self.items[index][0], path, self.mask_params.grouping)
-
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        path, pid, camid, dsetid = self.items[index][:4]
-        img = read_image(path)
-        item = {"pid": pid, "camid": camid, "dsetid": dsetid, "impath": path}
-        if self.mask_paths is None:
-            item["img"] = self.transform(img).as_subclass(torch.Tensor)  # (3, H, W)
-            return item
-        parts = tv_tensors.Mask(self._parts(index, img.shape[-2:]))
-        img, parts = self.transform(img, parts)  # (3, H, W), (K, H, W)
-        scale = self.mask_params.scale
-        size = (img.shape[-2] // scale, img.shape[-1] // scale)
-        masks, visibility = part_targets(
-            parts.as_subclass(torch.Tensor),
-            bg_threshold=self.mask_params.bg_threshold,
-            sharpness=self.mask_params.sharpness,
-            size=size,
-        )
-        item.update(
-            img=img.as_subclass(torch.Tensor), masks=masks, visibility=visibility
-        )  # (K+1, h, w), (K+1,)
-        return item
 
 
 def _params_from_node(cls: type, node, **renames: str):
@@ -140,6 +68,8 @@ class ProFDDataManager:
         batch_size_train: global train batch size (P x K); each rank loads ``batch_size_train // world_size``.
         batch_size_test: test batch size.
         workers: loader worker processes.
+        cache_train: read (decode) every train image and mask once, at construction, and keep them in
+            memory (:class:`~profd_plugin.data.imageset.ReIDImageSet`); batches are unchanged.
         train_sampler: a torchreid sampler name; ``num_instances``/``num_cams``/``num_datasets`` as torchreid.
         combineall: torchreid's combineall.
         with_masks: read masks and yield ``masks``/``visibility`` in train batches.
@@ -172,6 +102,7 @@ class ProFDDataManager:
         batch_size_train: int = 64,
         batch_size_test: int = 64,
         workers: int = 2,
+        cache_train: bool = False,
         train_sampler: str = "RandomIdentitySampler",
         num_instances: int = 4,
         num_cams: int = 1,
@@ -220,7 +151,8 @@ class ProFDDataManager:
             name: self._init_dataset(name, **kwargs, **dataset_kwargs.get(name, {})) for name in names
         }
         self._build_train_loader(
-            datasets, batch_size_train, workers, train_sampler, num_instances, num_cams, num_datasets
+            datasets, batch_size_train, workers, cache_train, train_sampler, num_instances, num_cams,
+            num_datasets
         )
         self.test_dataset = {
             n: {"query": datasets[n].query, "gallery": datasets[n].gallery} for n in self.targets
@@ -254,6 +186,7 @@ class ProFDDataManager:
             batch_size_train=cfg.train.batch_size,
             batch_size_test=cfg.test.batch_size,
             workers=cfg.data.workers,
+            cache_train=cfg.data.cache_train,
             train_sampler=cfg.sampler.train_sampler,
             num_instances=cfg.sampler.num_instances,
             num_cams=cfg.sampler.num_cams,
@@ -307,6 +240,7 @@ class ProFDDataManager:
         datasets,
         batch_size: int,
         workers: int,
+        cache: bool,
         sampler_name: str,
         num_instances: int,
         num_cams: int,
@@ -337,7 +271,8 @@ class ProFDDataManager:
             batch_size //= self.world_size
         mask_paths = self._train_mask_paths(datasets, trainset.train) if self.with_masks else None
         trainset_ = ReIDImageSet(
-            trainset.train, self.transform_tr, mask_paths=mask_paths, mask_params=self.mask_params
+            trainset.train, self.transform_tr, mask_paths=mask_paths, mask_params=self.mask_params,
+            cache=cache,
         )
         self.train_sampler = sampler
         # Workers are not persistent: each epoch's workers are seeded from ``train_loader.generator``,
