@@ -1,40 +1,50 @@
-"""Run by ``tests/test_engine.py`` under ``torch.distributed.run``: trains through ``run_from_cfg`` on 2
-ranks, then checks that the memory banks and weights agree across ranks and only rank 0 wrote results."""
-import argparse
+"""Run by ``tests/test_engine.py`` under ``torch.distributed.run``: ``tools/main.py``'s ``main`` with the
+same arguments, in this process, on 2 ranks; after training (before ``main`` closes the process group) it
+checks that the memory banks and weights agree across ranks and that rank 1 evaluated nothing, and prints
+what it found once ``main`` has returned (rank 1's stdout is ``main``'s to silence until then)."""
+import sys
 
 import torch
 import torch.distributed as dist
+from conftest import load_main
 
-import profd_plugin  # noqa: F401
-from profd_plugin.config import setup_cfg
-from profd_plugin.training import report_results, setup_engine
+import profd_plugin.training as training
+
+SYNCED = ("memory.bank_global.prototypes", "memory.bank_parts.prototypes", "backbone.visual.conv1.weight")
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config-file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    cfg = setup_cfg(args.config_file, args.opts)
-    engine, kwargs = setup_engine(cfg)
-    results = engine.run(**kwargs)
-    report_results(results, kwargs["save_dir"], 0.0)
-    rank = dist.get_rank()
-    model = engine.core_model
-    names = ("memory.bank_global.prototypes", "memory.bank_parts.prototypes", "backbone.visual.conv1.weight")
-    for name in names:
-        t = model.state_dict()[name].contiguous()
-        gathered = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, t)
-        assert all(torch.equal(gathered[0], g) for g in gathered[1:]), name
-    if rank == 0:
-        print("banks in sync")
-    else:
-        assert results == {}, "rank 1 evaluated"
-        print("rank 1 wrote nothing")
-    dist.barrier()
-    dist.destroy_process_group()
+def main() -> int:
+    engines, found = [], []
+    real_setup_engine, real_run_from_cfg = training.setup_engine, training.run_from_cfg
+
+    def setup_engine(*args, **kwargs):
+        engine, run_kwargs = real_setup_engine(*args, **kwargs)
+        engines.append(engine)
+        return engine, run_kwargs
+
+    def run_from_cfg(*args, **kwargs):
+        results = real_run_from_cfg(*args, **kwargs)
+        (engine,) = engines
+        state = engine.core_model.state_dict()
+        for name in SYNCED:
+            t = state[name].contiguous()
+            gathered = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, t)
+            assert all(torch.equal(gathered[0], g) for g in gathered[1:]), name
+        if dist.get_rank() == 0:
+            found.append("banks in sync")
+        else:
+            assert results == {}, "rank 1 evaluated"
+            found.append("rank 1 wrote nothing")
+        dist.barrier()
+        return results
+
+    training.setup_engine, training.run_from_cfg = setup_engine, run_from_cfg
+    code = load_main().main(sys.argv[1:])
+    for line in found:
+        print(line)
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,11 +16,12 @@ ViT-B/16 models of ``vit_b16_s16`` (configs/profd_market1501.yaml, 16x8 patches)
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import zlib
-from typing import Dict
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -87,12 +88,54 @@ def _golden_value(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=g) / math.sqrt(fan_in)
 
 
+#: golden values by (recorded name, shape): :func:`_golden_value` is a function of those two alone, so a
+#: cache shared by several cases (the ViT-B/16 ones have all but a few of their ~150M values in common)
+#: gives every case the values it would draw itself
+ValueCache = Dict[Tuple[str, Tuple[int, ...]], torch.Tensor]
+
+
 @torch.no_grad()
-def set_golden_weights(model: torch.nn.Module) -> None:
-    """Overwrite every floating-point parameter and buffer with :func:`_golden_value`."""
+def set_golden_weights(model: torch.nn.Module, cache: Optional[ValueCache] = None) -> None:
+    """Overwrite every floating-point parameter and buffer with :func:`_golden_value` (drawn once per
+    name and shape when a ``cache`` dict is given)."""
     for name, tensor in model.state_dict(keep_vars=True).items():
         if tensor.is_floating_point():
-            tensor.copy_(_golden_value(RECORDED_NAMES.get(name, name), tensor))
+            recorded = RECORDED_NAMES.get(name, name)
+            if cache is None:
+                tensor.copy_(_golden_value(recorded, tensor))
+                continue
+            key = (recorded, tuple(tensor.shape))
+            if key not in cache:
+                cache[key] = _golden_value(recorded, tensor)
+            tensor.copy_(cache[key])
+
+
+#: the initialisers of torch.nn.init (every module's own init goes through them)
+_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                 "sparse_")
+
+
+@contextlib.contextmanager
+def _nan_initialisers() -> Iterator[None]:
+    """While building: every ``torch.nn.init`` initialiser fills NaN instead of drawing random values
+    (seconds for a ViT-B/16). :func:`set_golden_weights` overwrites every floating-point state entry
+    afterwards, so the recorded values are the same; a value left over from construction would show as
+    NaN in them, never as a silent seed dependence."""
+    init = torch.nn.init
+    saved = {name: getattr(init, name) for name in _INITIALISERS}
+
+    def fill_nan(tensor, *args, **kwargs):
+        with torch.no_grad():
+            return tensor.fill_(float("nan"))
+
+    for name in _INITIALISERS:
+        setattr(init, name, fill_nan)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
 
 
 def golden_batch(image_size, num_parts: int):
@@ -117,15 +160,16 @@ def _record(out: Dict[str, torch.Tensor], key: str, tensor: torch.Tensor) -> Non
     out[key] = flat.clone()
 
 
-def build(case: str):
+def build(case: str, cache: Optional[ValueCache] = None):
     """The case's config (random init) and model with golden weights."""
     from profd_plugin.config import setup_cfg
     from profd_plugin.modeling import build_profd_model
 
     cfg = setup_cfg(os.path.join(ROOT, "configs", CASES[case]), ["profd.clip.pretrained", "none"])
     torch.manual_seed(0)  # irrelevant for the values (set by name below); keeps the build itself fixed
-    model = build_profd_model(cfg, NUM_CLASSES)
-    set_golden_weights(model)
+    with _nan_initialisers():
+        model = build_profd_model(cfg, NUM_CLASSES)
+    set_golden_weights(model, cache)
     return cfg, model
 
 
@@ -195,9 +239,9 @@ def run_step(cfg, model) -> Dict[str, torch.Tensor]:
     return out
 
 
-def golden_case(case: str) -> Dict[str, torch.Tensor]:
-    """All recorded values of ``case``."""
-    cfg, model = build(case)
+def golden_case(case: str, cache: Optional[ValueCache] = None) -> Dict[str, torch.Tensor]:
+    """All recorded values of ``case`` (``cache``: see :func:`set_golden_weights`)."""
+    cfg, model = build(case, cache)
     return run_step(cfg, model)
 
 
@@ -215,7 +259,8 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 if __name__ == "__main__":
     sys.path.insert(0, ROOT)
     os.makedirs(GOLDEN_DIR, exist_ok=True)
+    cache: ValueCache = {}
     for name in sys.argv[1:] or CASES:
-        values = golden_case(name)
+        values = golden_case(name, cache)
         torch.save(values, golden_path(name))
         print(f"recorded {len(values)} values to {golden_path(name)}")

@@ -113,48 +113,58 @@ def test_frozen_text_encoder_stays_frozen_through_training(synthetic_root, tmp_p
     assert not torch.equal(a["prompt_learner.ctx"], b["prompt_learner.ctx"])  # prompts still learn
 
 
-def test_ddp_two_processes_gloo(synthetic_root, tmp_path):
-    save = str(tmp_path / "ddp")
+def _torchrun(script, port, root, save, **overrides):
+    """``torchrun --nproc_per_node 2`` of ``script`` on the tiny config, batches of 16."""
+    opts = tiny_run_opts(root, save, **{"train.batch_size": 16, **overrides})
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+            script, "--config-file", CONFIG, *opts]
+
+
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def torchrun_job(synthetic_root, tmp_path_factory):
+    """One finished 2-epoch job of ``tools/main.py``'s ``main`` on 2 gloo ranks (``tests/ddp_worker.py``,
+    which also checks the ranks' banks and weights), shared by the DDP and the torchrun tests (read only):
+    ``save_dir`` and the job's ``CompletedProcess``."""
+    save = str(tmp_path_factory.mktemp("torchrun") / "log")
     worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           worker, "--config-file", CONFIG,
-           *tiny_run_opts(synthetic_root, save, **{"train.batch_size": 16, "train.max_epoch": 2})]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+    cmd = _torchrun(worker, "29533", synthetic_root, save, **{"train.max_epoch": 2})
+    return save, subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=TORCHRUN_ENV)
+
+
+def test_ddp_two_processes_gloo(torchrun_job):
+    save, r = torchrun_job
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "banks in sync" in r.stdout and "rank 1 wrote nothing" in r.stdout
     assert os.path.exists(os.path.join(run_dir(save), "results.json"))
     assert _state(save, 2)["epoch"] == 2
 
 
-def test_torchrun_main_logs_once_and_stops_every_rank_on_sigterm(synthetic_root, tmp_path):
-    save = str(tmp_path / "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def torchrun(port, **overrides):
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-                MAIN, "--config-file", CONFIG,
-                *tiny_run_opts(synthetic_root, save, **{"train.batch_size": 16, **overrides})]
-
-    r = subprocess.run(torchrun("29534"), capture_output=True, text=True, timeout=400, env=env)
+def test_torchrun_main_logs_once_and_stops_every_rank_on_sigterm(torchrun_job, synthetic_root, tmp_path):
+    save, r = torchrun_job
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = run_dir(save)  # one run folder, named by rank 0
     logs = [n for n in os.listdir(run) if n.startswith("train.log")]
     assert len(logs) == 1 and r.stdout.count("| synthetic_occluded") == 1  # rank 0 only
-    assert r.stdout.count("Config:") == 1 and r.stdout.count("epoch: [1/1]") == 1  # rank 1 prints nothing
+    assert r.stdout.count("Config:") == 1  # rank 1 prints nothing
+    assert r.stdout.count("epoch: [1/2]") == 1 and r.stdout.count("epoch: [2/2]") == 1
     assert "deprecated" not in r.stderr and os.path.exists(os.path.join(run, "results.json"))
 
-    # SIGTERM to the whole job (as SLURM or Kubernetes send it): every rank stops at the same step
-    proc = subprocess.Popen(torchrun("29535", **{"model.resume": "auto", "train.max_epoch": 200,
-                                                 "profd.train.checkpoint_freq": 1}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    assert _wait_for(os.path.join(run, "model", "model.pth.tar-2"), proc, timeout=300)
+    # SIGTERM to the whole job (as SLURM or Kubernetes send it): every rank stops at the same step. The
+    # resumed job is tools/main.py itself, on a copy of the shared job's run folder.
+    save = str(tmp_path / "torchrun")
+    run = copy_run({"run_dir": run}, save)
+    proc = subprocess.Popen(_torchrun(MAIN, "29535", synthetic_root, save, **{
+        "model.resume": "auto", "train.max_epoch": 200, "profd.train.checkpoint_freq": 1}),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV, start_new_session=True)
+    assert _wait_for(os.path.join(run, "model", "model.pth.tar-3"), proc, timeout=300)
     os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     interrupted = glob.glob(os.path.join(run, "model", "*-interrupted"))
     assert len(interrupted) == 1, out[-2000:] + err[-2000:]
-    assert torch.load(interrupted[0], weights_only=True)["epoch"] >= 2
+    assert torch.load(interrupted[0], weights_only=True)["epoch"] >= 3
     assert out.count("Interrupted (SIGTERM)") == 1 and "model.resume" in out
     # no rank died with a traceback (torchrun itself reports the signal it got with one of its own)
     assert "profd_plugin/" not in err and 'main.py", line' not in err, err[-3000:]
