@@ -174,11 +174,17 @@ def test_forward_is_open_clips_resnet_and_attention_pool(stride):
 
 
 def test_stride_32_at_224_is_open_clips_image_encoder():
+    """Bit for bit open_clip's encoder run channels-last (the trunk's layout here, as built), and equal up
+    to float summation order to it in the default layout."""
     backbone = _backbone((224, 224), 32).eval()
+    assert backbone.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     reference = _tiny_rn().visual.eval()
     images = _images((224, 224))
     with torch.no_grad():
-        assert torch.equal(backbone(images)[0], reference(images))
+        cls = backbone(images)[0]
+        torch.testing.assert_close(cls, reference(images), rtol=1e-5, atol=1e-6)
+        reference.to(memory_format=torch.channels_last)
+        assert torch.equal(cls, reference(images.contiguous(memory_format=torch.channels_last)))
 
 
 @pytest.mark.parametrize("stride", [16, 32])
