@@ -13,6 +13,7 @@ Target: channels-last is not slower (time ratio default / channels-last >= 1.0).
 """
 import argparse
 import copy
+import json
 import os
 import statistics
 import sys
@@ -73,19 +74,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--rn50", action="store_true", help="also RN50 at 256x128, batch 8")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--json", default="", help="also write every figure to this JSON file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cases = [("tiny_rn", (128, 64), 32, 3)] + ([("RN50", (256, 128), 8, 1)] if args.rn50 else [])
-    ok = True
+    ok, rows = True, []
     print(f"CLIP ResNet trunk forward + backward on {device} ({torch.get_num_threads()} threads), "
           f"median of {args.rounds} alternating rounds")
     for name, size, batch, iters in cases:
         r = measure(name, size, batch, device=device, rounds=args.rounds, iters=iters)
+        rows.append(r)
         ok &= r["ratio"] >= 1.0 and r["max_rel_diff"] < 1e-4
         print(f"  {name} {size[0]}x{size[1]} batch {batch}: default {r['default_ms']:.1f} ms, channels-last "
               f"{r['channels_last_ms']:.1f} ms, ratio {r['ratio']:.2f}x (target >= 1.0), same features "
               f"(max rel. diff {r['max_rel_diff']:.1e})")
     print("PASS" if ok else "FAIL")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": str(device), "threads": torch.get_num_threads(), "rows": rows, "pass": ok},
+                      f, indent=2)
     return 0 if ok else 1
 
 

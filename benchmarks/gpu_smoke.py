@@ -11,6 +11,8 @@ Steps (each recorded with ``ok``, ``seconds`` and its figures; a failing step do
 3. ``distance``: ``benchmarks/bench_distance.py --device cuda`` (Occluded-Duke scale).
 4. ``evaluator``: ``benchmarks/bench_evaluator.py`` (the ranking runs on the CPU side, as in training).
 5. ``throughput``: ``benchmarks/throughput.py --device cuda`` (inference ratio, step breakdown).
+6. ``channels_last``: ``benchmarks/bench_channels_last.py --device cuda --rn50`` (the CLIP ResNet trunk's
+   layout, measured on CPU only before).
 
     bash benchmarks/gpu_smoke.sh [out_dir | file.json]            # what a GPU machine runs (< 8 minutes)
     python benchmarks/gpu_smoke.py --device cpu --quick --json x.json  # dry run of the same code on CPU
@@ -46,7 +48,7 @@ NUM_CLASSES = 702  # Occluded-Duke
 MIB = 2 ** 20
 BUDGET_S = 450  # the whole script stays under 8 minutes; each step gets at most what is left
 STEP_LIMITS = {"train_precisions": 150, "train_eval": 200, "distance": 120, "evaluator": 150,
-               "throughput": 150}
+               "throughput": 150, "channels_last": 60}
 SYNTHETIC_TINY = ["data.height", "64", "data.width", "32", "train.batch_size", "8", "profd.augment.pad", "2",
                   "profd.synthetic.num_ids", "6", "profd.synthetic.num_test_ids", "3",
                   "profd.synthetic.images_per_id", "4", "profd.synthetic.height", "64",
@@ -136,7 +138,7 @@ def _subprocess(cmd: List[str], timeout: float, json_path: Optional[str]) -> Dic
 
 
 def subprocess_steps(args: argparse.Namespace) -> Dict[str, Callable[[float], Dict[str, object]]]:
-    """Steps 2-5 as ``timeout -> result`` callables."""
+    """Steps 2-6 as ``timeout -> result`` callables."""
     py, out, dev = sys.executable, args.work, args.device
     bench_dir = os.path.join(out, "benchmark")
     train_eval = [py, "tools/benchmark.py", "--config-file", "configs/profd_synthetic.yaml", "--models",
@@ -151,11 +153,15 @@ def subprocess_steps(args: argparse.Namespace) -> Dict[str, Callable[[float], Di
     throughput = [py, "benchmarks/throughput.py", "--device", dev, "--json",
                   os.path.join(out, "throughput.json")]
     throughput += ["--quick"] if args.quick else []
+    layout = [py, "benchmarks/bench_channels_last.py", "--device", dev, "--json",
+              os.path.join(out, "channels_last.json")]
+    layout += ["--rounds", "1"] if args.quick else ["--rn50"]
     return {
         "train_eval": lambda t: _subprocess(train_eval, t, os.path.join(bench_dir, "benchmark.json")),
         "distance": lambda t: _subprocess(distance, t, os.path.join(out, "distance.json")),
         "evaluator": lambda t: _subprocess(evaluator, t, os.path.join(out, "evaluator.json")),
         "throughput": lambda t: _subprocess(throughput, t, os.path.join(out, "throughput.json")),
+        "channels_last": lambda t: _subprocess(layout, t, os.path.join(out, "channels_last.json")),
     }
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU smoke test (< 8 minutes on one CUDA GPU): ViT-B/16 ProFD* training steps in fp32 / bf16 / fp16, a short
-# train + eval on CUDA, the distance, evaluator and throughput benchmarks; everything into one JSON file.
+# train + eval on CUDA, the distance, evaluator, throughput and channels-last benchmarks; everything into one JSON file.
 #
 # Usage: bash benchmarks/gpu_smoke.sh [out_dir | report.json]
 #   writes <out_dir>/gpu_smoke.json and its console log <out_dir>/gpu_smoke.log (nothing else there); out_dir
