@@ -6,7 +6,7 @@ weights and input, alternating the two in every round; the ratio is the median o
 load changes on a shared machine hit both. It also checks that both layouts give the same feature map
 (up to float summation order).
 
-    python benchmarks/bench_channels_last.py            # ~30 s on 2 CPU cores
+    python benchmarks/bench_channels_last.py            # ~15 s on 2 CPU cores
     python benchmarks/bench_channels_last.py --rn50     # also RN50 at 256x128, batch 8 (minutes on a CPU)
 
 Target: channels-last is not slower (time ratio default / channels-last >= 1.0).
