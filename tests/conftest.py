@@ -243,3 +243,25 @@ def make_profd_checkpoint(path: str, root: str, *, seed: int = 0, num_classes: i
 def profd_checkpoint(trained_run) -> str:
     """The checkpoint ``tools/main.py`` wrote for the shared ``trained_run`` (tiny ProFD, 64x32, epoch 1)."""
     return trained_run["checkpoint"]
+
+
+# ------------------------------------------------------------------------------------------ scheduling
+# The suite runs on pytest-xdist workers (setup.cfg: ``-n auto --dist loadfile``): one per CPU up to
+# MAX_WORKERS, each test module on one worker, so that a module fixture (an ONNX export, a torchrun job)
+# is built once. Each worker computes with one torch thread, and so do the processes its tests start: two
+# workers with torch's default two threads each on two cores ran the suite slower than one process.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: the CPUs this process may use (not psutil's physical cores), at most MAX_WORKERS."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus))
+
+
+def pytest_configure(config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"  # for the subprocesses too
+        torch.set_num_threads(1)
