@@ -265,3 +265,16 @@ def pytest_configure(config) -> None:
 
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"  # for the subprocesses too
         torch.set_num_threads(1)
+
+
+# the modules with the longest tests (torchrun jobs, ONNX exports, full-size ViT-B/16, the GPU script's dry
+# run), longest first: started first, so that no long module is left alone on one worker at the end
+LONG_MODULES = ("test_engine", "test_export", "test_golden", "test_throughput", "test_checkpoints",
+                "test_clip_backbone", "test_torchreid_variants", "test_clip_resnet", "test_benchmark")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Long modules first (setup.cfg turns off xdist's reordering by test count); each module's tests stay
+    together and in order."""
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(LONG_MODULES)))  # stable
