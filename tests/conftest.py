@@ -248,8 +248,9 @@ def profd_checkpoint(trained_run) -> str:
 # ------------------------------------------------------------------------------------------ scheduling
 # The suite runs on pytest-xdist workers (setup.cfg: ``-n auto --dist loadfile``): one per CPU up to
 # MAX_WORKERS, each test module on one worker, so that a module fixture (an ONNX export, a torchrun job)
-# is built once. Each worker computes with one torch thread, and so do the processes its tests start: two
-# workers with torch's default two threads each on two cores ran the suite slower than one process.
+# is built once. Each worker computes with one torch thread, and so do the processes its tests start. On 2
+# cores: one process 191 s; two workers at torch's default two threads each 175 s, at one thread 139-144 s;
+# with LONG_MODULES first 132 s.
 MAX_WORKERS = 4
 
 
