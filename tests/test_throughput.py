@@ -10,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 THROUGHPUT, GPU_SMOKE = load_script("benchmarks/throughput.py"), load_script("benchmarks/gpu_smoke.py")
+FLOPS = load_script("benchmarks/backbone_flops.py")
 
 
 def test_a_clocked_step_is_the_training_step(synthetic_root, tmp_path):
@@ -85,3 +86,13 @@ def test_gpu_smoke_sh_without_cuda_writes_nothing(tmp_path):
     assert proc.returncode == 1 and os.listdir(out) == []
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no CUDA device"), proc.stderr
+
+
+def test_backbone_flops_of_the_main_jobs_tiny_rn():
+    """The stages and the attention pool add up to the backbone; the pool is its four projections over the
+    1 + 8 x 4 tokens (C = 512 = 32 x width 16, joint space D = 128), exactly."""
+    macs = FLOPS.count([])
+    assert sum(macs[k] for k in (*FLOPS.STAGES, "attention pool")) == macs["backbone"]
+    tokens, c, d = 1 + 8 * 4, 512, 128
+    assert macs["attention pool"] == tokens * (3 * c * c + c * d)
+    assert 0.4 < macs["attention pool"] / macs["backbone"] < 0.5
