@@ -96,3 +96,43 @@ def test_backbone_flops_of_the_main_jobs_tiny_rn():
     tokens, c, d = 1 + 8 * 4, 512, 128
     assert macs["attention pool"] == tokens * (3 * c * c + c * d)
     assert 0.4 < macs["attention pool"] / macs["backbone"] < 0.5
+
+
+def test_swapped_trunk_is_timms_basic_block_resnet_under_the_attention_pool(monkeypatch):
+    """``main_with_clip_configs.py --trunk 2222-64`` is ResNet-18's trunk (timm's, same weights given the
+    seed) at the CLIP ResNet's strides, under the config's own attention pool; bad specs stop with one
+    line."""
+    import pytest
+    import timm
+    from open_clip.model import CLIP
+
+    from profd_plugin.modeling.clip_backbone import TINY_RN_CLIP_CONFIG
+    from profd_plugin.modeling.clip_resnet import ClipResNetBackbone
+
+    script = load_script("benchmarks/main_with_clip_configs.py")
+    for name in ("__init__", "feature_map"):  # use_trunk patches the class: restored after the test
+        monkeypatch.setattr(ClipResNetBackbone, name, getattr(ClipResNetBackbone, name))
+    script.use_trunk("2222-64")
+    images = torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(0))
+    for stride, grid in ((32, (4, 2)), (16, (8, 4))):
+        backbone = ClipResNetBackbone(CLIP(**TINY_RN_CLIP_CONFIG).visual, image_size=(128, 64), stride=stride)
+        torch.manual_seed(1)
+        reference = timm.create_model("resnet18", num_classes=0, global_pool="")
+        torch.manual_seed(1)
+        trunk = script.build_trunk((2, 2, 2, 2), 64, True, 32)
+        assert [p.shape for p in trunk.parameters()] == [p.shape for p in reference.parameters()]
+        if stride == 32:  # the same network: timm's resnet18 with the same draws
+            trunk.load_state_dict(dict(zip(trunk.state_dict(), reference.state_dict().values())))
+            torch.testing.assert_close(trunk.eval()(images), reference.eval()(images), rtol=0, atol=0)
+        assert {n.split(".")[0] for n, _ in backbone.named_parameters()} == {"visual", "trunk"}
+        assert {n.split(".")[0] for n, _ in backbone.visual.named_parameters()} == {"attnpool"}
+        assert backbone.feature_map(images).shape == (2, 512, *grid)
+        g, patches = backbone(images)
+        assert g.shape == (2, 128) and patches.shape == (2, grid[0] * grid[1], 128)
+    with pytest.raises(SystemExit, match="its last stage has 256 channels but the attention pool of "
+                                         "profd.clip.name takes 512"):
+        script.use_trunk("2222-32")
+        ClipResNetBackbone(CLIP(**TINY_RN_CLIP_CONFIG).visual, image_size=(128, 64), stride=32)
+    with pytest.raises(SystemExit, match="expected BLOCKS-WIDTH"):
+        script.parse_trunk("222-64")
+    assert script.parse_trunk("1111-32-z0") == ((1, 1, 1, 1), 32, False)

@@ -1,0 +1,78 @@
+"""Benchmark: the time of one ProFD training step of the main job with other trunks under the CLIP ResNet's
+attention pool, as a ratio to the main job's own ``tiny_rn`` (stride 16), measured in one run.
+
+Each candidate is ``TRUNK:CLIP_CONFIG:STRIDE``: ``TRUNK`` as ``--trunk`` of ``main_with_clip_configs.py``
+(``none`` keeps the config's own ``ModifiedResNet`` trunk), the open_clip config whose attention pool it
+feeds, and ``profd.clip.stride``. Batch 32 at 128x64 on the real train loader of a small generated synthetic
+set, the engine's whole ``forward_backward`` (data already loaded); the best of three rounds of four steps,
+after three warm-up steps. Random init (the cost does not depend on the weights)::
+
+    python benchmarks/trunk_step_time.py                       # the candidates of docs/RESULTS.md
+    python benchmarks/trunk_step_time.py none:tiny_rn:16 2222-64:tiny_rn:32
+"""
+import os
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import open_clip
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import main_with_clip_configs  # noqa: E402
+import throughput  # noqa: E402
+
+from profd_plugin.modeling.clip_resnet import ClipResNetBackbone  # noqa: E402
+
+CONFIG = os.path.join(os.path.dirname(HERE), "configs", "profd_synthetic.yaml")
+CANDIDATES = ("none:tiny_rn:16", "2222-64:tiny_rn:32", "2222-64:tiny_rn:16", "1111-64:tiny_rn:32",
+              "2222-32:rn_w8_1111:32", "2222-32:rn_w8_1111:16", "1111-48:rn_w12_1111:32")
+SYNTHETIC = ["profd.synthetic.num_ids", "16", "profd.synthetic.num_test_ids", "4", "data.workers", "0"]
+
+
+def step_time(candidate: str, root: str, rounds: int = 3, steps: int = 4) -> float:
+    """Seconds per training step of one candidate (best round)."""
+    trunk, name, stride = candidate.split(":")
+    if trunk != "none":
+        main_with_clip_configs.use_trunk(trunk)
+    throughput.CONFIG = CONFIG
+    engine, _ = throughput.build_engine(["data.root", root, *SYNTHETIC, "profd.clip.name", name,
+                                         "profd.clip.stride", stride], torch.device("cpu"))
+    engine.model.train()
+    engine.begin_epoch(0)
+    batch = next(iter(engine.train_loader))
+    for _ in range(3):
+        engine.forward_backward(batch, lambda stage: None)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.forward_backward(batch, lambda stage: None)
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    candidates = (argv if argv is not None else sys.argv[1:]) or list(CANDIDATES)
+    open_clip.add_model_config(os.path.join(HERE, "clip_configs"))
+    original = ClipResNetBackbone.__init__, ClipResNetBackbone.feature_map
+    times: Dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="profd-trunks-") as root:
+        for candidate in candidates:
+            ClipResNetBackbone.__init__, ClipResNetBackbone.feature_map = original
+            times[candidate] = step_time(candidate, root)
+            ratio = times[candidate] / times[candidates[0]]
+            print(f"{candidate:<26}{times[candidate] * 1000:>8.0f} ms per step{ratio:>8.2f}x the first",
+                  flush=True)
+    ClipResNetBackbone.__init__, ClipResNetBackbone.feature_map = original
+    print(f"cpu, torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
