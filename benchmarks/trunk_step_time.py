@@ -29,8 +29,8 @@ import throughput  # noqa: E402
 from profd_plugin.modeling.clip_resnet import ClipResNetBackbone  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(HERE), "configs", "profd_synthetic.yaml")
-CANDIDATES = ("none:tiny_rn:16", "2222-64:tiny_rn:32", "2222-64:tiny_rn:16", "1111-64:tiny_rn:32",
-              "2222-32:rn_w8_1111:32", "2222-32:rn_w8_1111:16", "1111-48:rn_w12_1111:32")
+CANDIDATES = ("none:tiny_rn:16", "2222-64:tiny_rn:32", "1111-64:tiny_rn:32", "1111-48:rn_w12_1111:32",
+              "2222-32:rn_w8_1111:32")
 SYNTHETIC = ["profd.synthetic.num_ids", "16", "profd.synthetic.num_test_ids", "4", "data.workers", "0"]
 
 
