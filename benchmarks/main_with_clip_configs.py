@@ -23,7 +23,7 @@ trunk contributes (docs/RESULTS.md, "Where the set-2 gap comes from").
 import importlib.util
 import os
 import sys
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import open_clip
 import torch
@@ -62,10 +62,24 @@ def build_trunk(blocks: Tuple[int, ...], width: int, zero_init_last: bool, strid
                          net.layer4)
 
 
+def _plain_methods() -> Tuple[Callable, Callable]:
+    """``ClipResNetBackbone``'s own ``__init__`` and ``feature_map``, kept at the first swap."""
+    if "_plain_methods" not in ClipResNetBackbone.__dict__:
+        ClipResNetBackbone._plain_methods = (ClipResNetBackbone.__init__, ClipResNetBackbone.feature_map)
+    return ClipResNetBackbone._plain_methods
+
+
+def restore_trunk() -> None:
+    """Undo :func:`use_trunk`: backbones built from now on have the CLIP ResNet's own trunk again."""
+    ClipResNetBackbone.__init__, ClipResNetBackbone.feature_map = _plain_methods()
+
+
 def use_trunk(spec: str) -> None:
-    """Make every ``ClipResNetBackbone`` built from now on run the trunk of ``spec`` (see the module doc)."""
+    """Make every ``ClipResNetBackbone`` built from now on run the trunk of ``spec`` (see the module doc).
+
+    A later call replaces the swap rather than stacking on it."""
     blocks, width, zero_init_last = parse_trunk(spec)
-    init = ClipResNetBackbone.__init__
+    init = _plain_methods()[0]
 
     def __init__(self, visual, *, image_size, stride):
         init(self, visual, image_size=image_size, stride=stride)

@@ -78,11 +78,12 @@ def inference(model, *, batch: int, device: torch.device, rounds: int, iters: in
             "ratios": ratios}
 
 
-def build_engine(opts: List[str], device: torch.device):
-    """A ProFD engine on the synthetic set of ``configs/profd_synthetic_vit.yaml`` + ``opts`` (no run dir)."""
+def build_engine(opts: List[str], device: torch.device, config: str = CONFIG):
+    """A ProFD engine on the synthetic set of ``config`` (default ``configs/profd_synthetic_vit.yaml``) +
+    ``opts`` (no run dir)."""
     from profd_plugin import training
 
-    cfg = setup_cfg(CONFIG, opts)
+    cfg = setup_cfg(config, opts)
     dm = training.build_datamanager(cfg)
     model = training.build_model(cfg, dm.num_train_pids, device.type == "cuda").to(device)
     optimizer = training.build_optimizer(cfg, model)

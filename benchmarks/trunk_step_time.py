@@ -13,7 +13,6 @@ after three warm-up steps. Random init (the cost does not depend on the weights)
 import os
 import sys
 import tempfile
-import time
 from typing import Dict, List, Optional
 
 import open_clip
@@ -26,8 +25,6 @@ sys.path.insert(0, os.path.dirname(HERE))
 import main_with_clip_configs  # noqa: E402
 import throughput  # noqa: E402
 
-from profd_plugin.modeling.clip_resnet import ClipResNetBackbone  # noqa: E402
-
 CONFIG = os.path.join(os.path.dirname(HERE), "configs", "profd_synthetic.yaml")
 CANDIDATES = ("none:tiny_rn:16", "2222-64:tiny_rn:32", "1111-64:tiny_rn:32", "1111-48:rn_w12_1111:32",
               "2222-32:rn_w8_1111:32")
@@ -37,38 +34,37 @@ SYNTHETIC = ["profd.synthetic.num_ids", "16", "profd.synthetic.num_test_ids", "4
 def step_time(candidate: str, root: str, rounds: int = 3, steps: int = 4) -> float:
     """Seconds per training step of one candidate (best round)."""
     trunk, name, stride = candidate.split(":")
-    if trunk != "none":
+    if trunk == "none":
+        main_with_clip_configs.restore_trunk()
+    else:
         main_with_clip_configs.use_trunk(trunk)
-    throughput.CONFIG = CONFIG
+    cpu = torch.device("cpu")
     engine, _ = throughput.build_engine(["data.root", root, *SYNTHETIC, "profd.clip.name", name,
-                                         "profd.clip.stride", stride], torch.device("cpu"))
+                                         "profd.clip.stride", stride], cpu, config=CONFIG)
     engine.model.train()
     engine.begin_epoch(0)
     batch = next(iter(engine.train_loader))
-    for _ in range(3):
+
+    def step() -> None:
         engine.forward_backward(batch, lambda stage: None)
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(steps):
-            engine.forward_backward(batch, lambda stage: None)
-        best = min(best, (time.perf_counter() - start) / steps)
-    return best
+
+    throughput._time(step, 3, cpu)  # warm-up
+    return min(throughput._time(step, steps, cpu) for _ in range(rounds))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     candidates = (argv if argv is not None else sys.argv[1:]) or list(CANDIDATES)
     open_clip.add_model_config(os.path.join(HERE, "clip_configs"))
-    original = ClipResNetBackbone.__init__, ClipResNetBackbone.feature_map
     times: Dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="profd-trunks-") as root:
-        for candidate in candidates:
-            ClipResNetBackbone.__init__, ClipResNetBackbone.feature_map = original
-            times[candidate] = step_time(candidate, root)
-            ratio = times[candidate] / times[candidates[0]]
-            print(f"{candidate:<26}{times[candidate] * 1000:>8.0f} ms per step{ratio:>8.2f}x the first",
-                  flush=True)
-    ClipResNetBackbone.__init__, ClipResNetBackbone.feature_map = original
+    try:
+        with tempfile.TemporaryDirectory(prefix="profd-trunks-") as root:
+            for candidate in candidates:
+                times[candidate] = step_time(candidate, root)
+                ratio = times[candidate] / times[candidates[0]]
+                print(f"{candidate:<26}{times[candidate] * 1000:>8.0f} ms per step{ratio:>8.2f}x the first",
+                      flush=True)
+    finally:
+        main_with_clip_configs.restore_trunk()
     print(f"cpu, torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     return 0

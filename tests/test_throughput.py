@@ -99,9 +99,9 @@ def test_backbone_flops_of_the_main_jobs_tiny_rn():
 
 
 def test_swapped_trunk_is_timms_basic_block_resnet_under_the_attention_pool(monkeypatch):
-    """``main_with_clip_configs.py --trunk 2222-64`` is ResNet-18's trunk (timm's, same weights given the
-    seed) at the CLIP ResNet's strides, under the config's own attention pool; bad specs stop with one
-    line."""
+    """``main_with_clip_configs.py --trunk 2222-64`` is ResNet-18's trunk (timm's, same outputs given the
+    same weights) at the CLIP ResNet's strides, under the config's own attention pool; a second swap
+    replaces the first, ``restore_trunk`` undoes it; bad specs stop with one line."""
     import pytest
     import timm
     from open_clip.model import CLIP
@@ -112,18 +112,17 @@ def test_swapped_trunk_is_timms_basic_block_resnet_under_the_attention_pool(monk
     script = load_script("benchmarks/main_with_clip_configs.py")
     for name in ("__init__", "feature_map"):  # use_trunk patches the class: restored after the test
         monkeypatch.setattr(ClipResNetBackbone, name, getattr(ClipResNetBackbone, name))
-    script.use_trunk("2222-64")
+    monkeypatch.delattr(ClipResNetBackbone, "_plain_methods", raising=False)
     images = torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(0))
+    reference = timm.create_model("resnet18", num_classes=0, global_pool="")
+    trunk = script.build_trunk((2, 2, 2, 2), 64, True, 32)
+    assert [p.shape for p in trunk.parameters()] == [p.shape for p in reference.parameters()]
+    # the same network: timm's resnet18 given the same weights
+    trunk.load_state_dict(dict(zip(trunk.state_dict(), reference.state_dict().values())))
+    torch.testing.assert_close(trunk.eval()(images), reference.eval()(images), rtol=0, atol=0)
+    script.use_trunk("2222-64")
     for stride, grid in ((32, (4, 2)), (16, (8, 4))):
         backbone = ClipResNetBackbone(CLIP(**TINY_RN_CLIP_CONFIG).visual, image_size=(128, 64), stride=stride)
-        torch.manual_seed(1)
-        reference = timm.create_model("resnet18", num_classes=0, global_pool="")
-        torch.manual_seed(1)
-        trunk = script.build_trunk((2, 2, 2, 2), 64, True, 32)
-        assert [p.shape for p in trunk.parameters()] == [p.shape for p in reference.parameters()]
-        if stride == 32:  # the same network: timm's resnet18 with the same draws
-            trunk.load_state_dict(dict(zip(trunk.state_dict(), reference.state_dict().values())))
-            torch.testing.assert_close(trunk.eval()(images), reference.eval()(images), rtol=0, atol=0)
         assert {n.split(".")[0] for n, _ in backbone.named_parameters()} == {"visual", "trunk"}
         assert {n.split(".")[0] for n, _ in backbone.visual.named_parameters()} == {"attnpool"}
         assert backbone.feature_map(images).shape == (2, 512, *grid)
@@ -133,6 +132,18 @@ def test_swapped_trunk_is_timms_basic_block_resnet_under_the_attention_pool(monk
                                          "profd.clip.name takes 512"):
         script.use_trunk("2222-32")
         ClipResNetBackbone(CLIP(**TINY_RN_CLIP_CONFIG).visual, image_size=(128, 64), stride=32)
+    weights = []
+    for specs in (["1111-64"], ["2222-64", "1111-64"]):  # the second swap replaces the first: same draws
+        for spec in specs:
+            script.use_trunk(spec)
+        torch.manual_seed(2)
+        swapped = ClipResNetBackbone(CLIP(**TINY_RN_CLIP_CONFIG).visual, image_size=(128, 64), stride=32)
+        weights.append(swapped.trunk.state_dict())
+    assert len(swapped.trunk[4]) == 1
+    assert all(torch.equal(a, b) for a, b in zip(weights[0].values(), weights[1].values()))
+    script.restore_trunk()
+    plain = ClipResNetBackbone(CLIP(**TINY_RN_CLIP_CONFIG).visual, image_size=(128, 64), stride=32)
+    assert not hasattr(plain, "trunk") and hasattr(plain.visual, "layer4")
     with pytest.raises(SystemExit, match="expected BLOCKS-WIDTH"):
         script.parse_trunk("222-64")
     assert script.parse_trunk("1111-32-z0") == ((1, 1, 1, 1), 32, False)
