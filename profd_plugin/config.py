@@ -128,7 +128,7 @@ def add_profd_config(cfg: CN) -> CN:
     p = cfg.profd
 
     p.clip = CN()
-    p.clip.name = "ViT-B-16"  # open_clip CLIP ViT or ResNet (RN50), or tiny / tiny_rn (small random, CPU)
+    p.clip.name = "ViT-B-16"  # open_clip CLIP ViT / ResNet (RN50), or tiny, tiny_rn, tiny_rn10 (CPU)
     p.clip.pretrained = "openai"  # 'openai' (download) | path to a local checkpoint | 'none' (random init)
     p.clip.cache_dir = ""  # open_clip download cache ('' = open_clip default)
     p.clip.stride = 16  # ViT: patch stride (12 = ProFD*, 21x10); ResNet: 16 (last stride 1) | 32

@@ -6,8 +6,10 @@ ProFD reads the visual tower through :class:`~profd_plugin.modeling.visual.Visua
 of the tower (:func:`build_visual_backbone`).
 
 Models are built by open_clip's factory (``open_clip.create_model``; the plugin's own configs
-``model_configs/*.json`` -- ``tiny`` (ViT) and ``tiny_rn`` (ResNet) -- are registered with
-``open_clip.add_model_config``) and checkpoint files are read by ``open_clip.factory.load_state_dict``.
+``model_configs/*.json`` -- ``tiny`` (ViT), ``tiny_rn`` and ``tiny_rn10`` (ResNets) -- are registered with
+``open_clip.add_model_config``; the ``BASIC_BLOCK_CLIP_CONFIGS`` among them get the plugin's BasicBlock tower,
+:class:`~profd_plugin.modeling.basic_resnet.BasicBlockResNet`, in place of open_clip's ``ModifiedResNet``)
+and checkpoint files are read by ``open_clip.factory.load_state_dict``.
 What open_clip lacks is kept here, each piece saying why (:func:`_read_checkpoint`,
 :func:`_fetch_pretrained`). :func:`create_clip` touches the network only for a named tag (``openai``),
 failing fast offline.
@@ -34,12 +36,14 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ..errors import ConfigError, WeightsError
+from .basic_resnet import BasicBlockResNet
 from .clip_resnet import ClipResNetBackbone
 from .clip_vit import ClipVisualBackbone
 from .visual import VisualBackbone, grid_size_for, resize_pos_embed
 
 __all__ = ["TINY_CLIP_CONFIG", "TINY_CLIP_NAME", "TINY_RN_CLIP_CONFIG", "TINY_RN_CLIP_NAME",
-           "PLUGIN_CLIP_CONFIGS", "resize_pos_embed", "create_clip", "build_visual_backbone",
+           "PLUGIN_CLIP_CONFIGS", "BASIC_BLOCK_CLIP_CONFIGS",
+           "resize_pos_embed", "create_clip", "build_visual_backbone",
            "ClipVisualBackbone", "ClipResNetBackbone", "grid_size_for"]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +62,10 @@ TINY_RN_CLIP_NAME = "tiny_rn"
 #: bottlenecks, attention pool -- with one bottleneck per stage and width 16: 512 feature channels, 8
 #: attention-pool heads; the tiny text transformer).
 TINY_RN_CLIP_CONFIG: Dict[str, Any] = PLUGIN_CLIP_CONFIGS[TINY_RN_CLIP_NAME]
+#: Plugin ResNet configs whose visual tower is :class:`BasicBlockResNet` built from the config's ``layers``,
+#: ``width``, ``image_size`` and ``embed_dim`` (open_clip's config format knows no such tower, so the name
+#: says it): ``tiny_rn10``, ResNet-10's depth at stage widths 48 .. 384, the main job's backbone.
+BASIC_BLOCK_CLIP_CONFIGS = frozenset({"tiny_rn10"})
 #: Keys of OpenAI checkpoints that are not parameters (open_clip drops them only inside TorchScript archives).
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 #: Non-parameter tensors that open_clip-traced archives carry and the model rebuilds (causal text mask).
@@ -92,7 +100,8 @@ def _check_model_name(name: str) -> None:
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ConfigError(f"unknown CLIP model '{name}' (profd.clip.name); use an open_clip ViT or ResNet "
-                          f"name such as ViT-B-16 or RN50 (open_clip.list_models()), or tiny / tiny_rn")
+                          f"name such as ViT-B-16 or RN50 (open_clip.list_models()), or tiny, tiny_rn, "
+                          f"tiny_rn10")
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     if cfg.get("custom_text") or "timm_model_name" in vision or "hf_model_name" in text:
         raise ConfigError(f"CLIP model '{name}' is not a CLIP ViT or ResNet with the CLIP text transformer, "
@@ -108,7 +117,7 @@ def build_visual_backbone(visual: nn.Module, *, image_size: Tuple[int, int], str
         stride: ``profd.clip.stride``: the ViT's patch-embedding stride (16, 12 = ProFD*) or the ResNet's
             output stride (16 = last stride 1 as CLIP-ReID, 32).
     """
-    if isinstance(visual, ModifiedResNet):
+    if isinstance(visual, (ModifiedResNet, BasicBlockResNet)):
         return ClipResNetBackbone(visual, image_size=image_size, stride=stride)
     if isinstance(visual, VisionTransformer):
         return ClipVisualBackbone(visual, image_size=image_size, stride=stride)
@@ -138,9 +147,18 @@ def _without_random_init_notice() -> Iterator[None]:
 
 
 def _build_clip(name: str, quick_gelu: bool) -> CLIP:
-    """Random-init open_clip ``CLIP`` ``name`` in fp32 on the CPU (``quick_gelu`` overrides the config)."""
+    """Random-init open_clip ``CLIP`` ``name`` in fp32 on the CPU (``quick_gelu`` overrides the config).
+
+    For a ``BASIC_BLOCK_CLIP_CONFIGS`` name, the ``ModifiedResNet`` open_clip builds is replaced by the
+    ``BasicBlockResNet`` of the same config (a new random init, drawn after the text tower's)."""
     with _without_random_init_notice():
-        return open_clip.create_model(name, precision="fp32", device="cpu", quick_gelu=quick_gelu)
+        model = open_clip.create_model(name, precision="fp32", device="cpu", quick_gelu=quick_gelu)
+    if name in BASIC_BLOCK_CLIP_CONFIGS:
+        cfg = PLUGIN_CLIP_CONFIGS[name]
+        vision = cfg["vision_cfg"]
+        model.visual = BasicBlockResNet(vision["layers"], cfg["embed_dim"], width=vision["width"],
+                                        image_size=vision["image_size"])
+    return model
 
 
 def _read_checkpoint(path: str) -> Dict[str, Tensor]:
@@ -264,7 +282,7 @@ def create_clip(name: str = "ViT-B-16", pretrained: str = "none", *, cache_dir: 
 
     Args:
         name: open_clip model name of a CLIP ViT or ResNet (``ViT-B-16``, ``RN50``), or ``tiny`` /
-            ``tiny_rn``.
+            ``tiny_rn`` / ``tiny_rn10``.
         pretrained: ``none`` / ``''`` (random init), an open_clip tag for ``name`` (``openai``: downloaded
             or taken from the cache; an offline failure raises a one-line RuntimeError saying what to
             download), or a path to a local checkpoint: an OpenAI TorchScript archive or state dict

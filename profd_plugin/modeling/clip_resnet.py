@@ -19,6 +19,10 @@ The convolutional trunk runs in the channels-last memory layout (weights convert
 every call): the values are the same convolutions (up to float summation order), and on CPU the trunk's
 forward + backward is 1.35x faster for the main job's ``tiny_rn`` (``benchmarks/bench_channels_last.py``).
 
+The same backbone reads the plugin's :class:`~profd_plugin.modeling.basic_resnet.BasicBlockResNet` tower
+(timm's BasicBlock trunk under the same attention pool; the ``tiny_rn10`` config): only its stem, last-stride
+switch and grid arithmetic differ (:func:`_remove_last_downsampling`, :meth:`ClipResNetBackbone.grid_for`).
+
 The attention pool's positional grid (7x7 at CLIP's 224x224) is re-gridded to the built input's feature
 map and resampled for any other input size by the ViT's rule (bilinear, align_corners False; CLIP-ReID
 resizes it the same way, to the stride-16 grid of its input).
@@ -31,7 +35,7 @@ Shape shorthand:
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +44,7 @@ from timm.layers import to_2tuple
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .basic_resnet import BasicBlockResNet
 from .visual import VisualBackbone
 
 __all__ = ["ClipResNetBackbone", "RESNET_STRIDES"]
@@ -53,8 +58,11 @@ _STEM_CONV_STRIDE = 2
 _POOL = 2
 
 
-def _remove_last_downsampling(visual: ModifiedResNet) -> None:
+def _remove_last_downsampling(visual: Union[ModifiedResNet, BasicBlockResNet]) -> None:
     """Last stride 1: the first ``layer4`` block keeps the resolution (its two average pools removed)."""
+    if isinstance(visual, BasicBlockResNet):
+        visual.remove_last_downsampling()
+        return
     block = visual.layer4[0]
     block.avgpool = nn.Identity()  # after conv2 in the main branch
     block.downsample[0] = nn.Identity()  # the shortcut's pool; its 1x1 conv and BN stay (C/2 -> C)
@@ -70,7 +78,8 @@ class ClipResNetBackbone(VisualBackbone):
     larger; the cells tile the image as the ViT's non-overlapping patches do).
 
     Args:
-        visual: an open_clip ``ModifiedResNet`` (taken over, not copied; at stride 16 its last block is
+        visual: an open_clip ``ModifiedResNet`` or a ``BasicBlockResNet`` (taken over, not copied; at stride
+            16 its last block is
             changed in place).
         image_size: built (H, W) input size; the attention pool's positional grid is resized to its
             feature-map grid.
@@ -83,7 +92,8 @@ class ClipResNetBackbone(VisualBackbone):
         embed_dim: D.
     """
 
-    def __init__(self, visual: ModifiedResNet, *, image_size: Tuple[int, int], stride: int) -> None:
+    def __init__(self, visual: Union[ModifiedResNet, BasicBlockResNet], *, image_size: Tuple[int, int],
+                 stride: int) -> None:
         if int(stride) not in RESNET_STRIDES:
             raise ConfigError(f"profd.clip.stride {stride} is not an output stride of a CLIP ResNet: use 32 "
                               f"(as pretrained) or 16 (last stride 1, as CLIP-ReID)")
@@ -97,13 +107,19 @@ class ClipResNetBackbone(VisualBackbone):
         self.set_image_size(image_size)
 
     def grid_for(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
-        """(h, w) feature-map grid of an (H, W) input: ceil(H / 2), then floor-halved log2(S) - 1 times.
+        """(h, w) feature-map grid of an (H, W) input.
+
+        CLIP ResNet: ceil(H / 2) (stem convolution), then floor-halved log2(S) - 1 times (2x2 average pools).
+        BasicBlock tower: ceil(H / S) (every downsampling is a strided convolution or pool padded by k // 2).
 
         Raises:
             ValueError: the input is too small for one feature-map position.
         """
-        halvings = int(math.log2(self.stride // _STEM_CONV_STRIDE))
-        grid = tuple(-(-int(side) // _STEM_CONV_STRIDE) // _POOL ** halvings for side in image_size)
+        if isinstance(self.visual, BasicBlockResNet):
+            grid = tuple(-(-int(side) // self.stride) for side in image_size)
+        else:
+            halvings = int(math.log2(self.stride // _STEM_CONV_STRIDE))
+            grid = tuple(-(-int(side) // _STEM_CONV_STRIDE) // _POOL ** halvings for side in image_size)
         if min(grid) < 1:
             raise ValueError(f"image size {tuple(image_size)} is too small for the CLIP ResNet at stride "
                              f"{self.stride} (every side needs at least {self.stride} pixels)")
