@@ -4,10 +4,11 @@ the attention pool (which runs every feature-map token as a query: ``ClipResNetB
 Counted with ``torch.utils.flop_counter`` (convolutions and matrix products; 2 FLOPs = 1 multiply-add) on
 one random image at the config's size, random init (the count does not depend on the weights). The
 attention's own query-key and weight-value products run in the CPU's fused attention kernel, which the
-counter does not count: ~1 M more for ``tiny_rn`` (2 x 33 x 33 x 512). Used for the
+counter does not count: ~1 M more for ``tiny_rn`` at stride 16 (2 x 33 x 33 x 512). Used for the
 cost argument of docs/RESULTS.md ("Where the set-2 gap comes from").
 
-    python benchmarks/backbone_flops.py                                   # the main job's tiny_rn
+    python benchmarks/backbone_flops.py                                   # the main job's tiny_rn10
+    python benchmarks/backbone_flops.py profd.clip.name tiny_rn profd.clip.stride 16
     python benchmarks/backbone_flops.py profd.clip.name RN50 data.height 256 data.width 128
 """
 import os

@@ -1,7 +1,8 @@
 """Benchmark: the CLIP ResNet trunk (stem + layer1-4) in the channels-last layout against the default one.
 
 ``ClipResNetBackbone`` runs its convolutional trunk channels-last. This measures forward + backward of the
-trunk of the main job's ``tiny_rn`` (random init, stride 16, 128x64, batch 32) in both layouts on the same
+trunk of ``tiny_rn`` (random init, stride 16, 128x64, batch 32) and of the main job's ``tiny_rn10``
+(BasicBlock trunk, stride 32) in both layouts on the same
 weights and input, alternating the two in every round; the ratio is the median of the per-round ratios, so
 load changes on a shared machine hit both. It also checks that both layouts give the same feature map
 (up to float summation order).
@@ -45,9 +46,11 @@ def _step_s(visual, images: torch.Tensor, device: torch.device, iters: int) -> f
     return (time.perf_counter() - start) / iters
 
 
-def measure(name: str, size, batch: int, *, device: torch.device, rounds: int, iters: int) -> dict:
-    cfg = setup_cfg(CONFIG, ["profd.clip.name", name, "profd.clip.pretrained", "none", "data.height",
-                             str(size[0]), "data.width", str(size[1])])
+def measure(name: str, stride: int, size, batch: int, *, device: torch.device, rounds: int,
+            iters: int) -> dict:
+    cfg = setup_cfg(CONFIG, ["profd.clip.name", name, "profd.clip.stride", str(stride),
+                             "profd.clip.pretrained", "none", "data.height", str(size[0]), "data.width",
+                             str(size[1])])
     torch.manual_seed(0)
     last = build_profd_model(cfg, 10).backbone.visual.to(device).train()
     default = copy.deepcopy(last).to(memory_format=torch.contiguous_format)
@@ -63,7 +66,7 @@ def measure(name: str, size, batch: int, *, device: torch.device, rounds: int, i
             _step_s(visual, x, device, 1)  # warm-up of this layout
             times[key].append(_step_s(visual, x, device, iters))
         ratios.append(times["default"][-1] / times["channels_last"][-1])
-    return {"model": name, "size": list(size), "batch": batch, "max_rel_diff": max_rel,
+    return {"model": name, "stride": stride, "size": list(size), "batch": batch, "max_rel_diff": max_rel,
             "default_ms": 1e3 * statistics.median(times["default"]),
             "channels_last_ms": 1e3 * statistics.median(times["channels_last"]),
             "ratio": statistics.median(ratios)}
@@ -77,17 +80,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", default="", help="also write every figure to this JSON file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    cases = [("tiny_rn", (128, 64), 32, 3)] + ([("RN50", (256, 128), 8, 1)] if args.rn50 else [])
+    cases = [("tiny_rn", 16, (128, 64), 32, 3), ("tiny_rn10", 32, (128, 64), 32, 3)]
+    cases += [("RN50", 16, (256, 128), 8, 1)] if args.rn50 else []
     ok, rows = True, []
     print(f"CLIP ResNet trunk forward + backward on {device} ({torch.get_num_threads()} threads), "
           f"median of {args.rounds} alternating rounds")
-    for name, size, batch, iters in cases:
-        r = measure(name, size, batch, device=device, rounds=args.rounds, iters=iters)
+    for name, stride, size, batch, iters in cases:
+        r = measure(name, stride, size, batch, device=device, rounds=args.rounds, iters=iters)
         rows.append(r)
         ok &= r["ratio"] >= 1.0 and r["max_rel_diff"] < 1e-4
-        print(f"  {name} {size[0]}x{size[1]} batch {batch}: default {r['default_ms']:.1f} ms, channels-last "
-              f"{r['channels_last_ms']:.1f} ms, ratio {r['ratio']:.2f}x (target >= 1.0), same features "
-              f"(max rel. diff {r['max_rel_diff']:.1e})")
+        print(f"  {name} stride {stride}, {size[0]}x{size[1]} batch {batch}: default "
+              f"{r['default_ms']:.1f} ms, channels-last {r['channels_last_ms']:.1f} ms, ratio "
+              f"{r['ratio']:.2f}x (target >= 1.0), same features (max rel. diff {r['max_rel_diff']:.1e})")
     print("PASS" if ok else "FAIL")
     if args.json:
         with open(args.json, "w") as f:

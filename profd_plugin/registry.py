@@ -19,8 +19,8 @@ VARIANTS: Dict[str, Tuple[str, ...]] = {
     "profd": (),
     # ProFD*: overlapping patch stride 12 (21x10 patches at 256x128)
     "profd_s12": ("profd.clip.stride", "12"),
-    # the CPU demo's model (configs/profd_synthetic.yaml): small random-init CLIP ResNet, stride 16, 128x64
-    "profd_tiny": ("profd.clip.name", "tiny_rn", "profd.clip.stride", "16", "profd.clip.pretrained", "none",
+    # the CPU demo's model (configs/profd_synthetic.yaml): small random-init CLIP ResNet, stride 32, 128x64
+    "profd_tiny": ("profd.clip.name", "tiny_rn10", "profd.clip.stride", "32", "profd.clip.pretrained", "none",
                    "data.height", "128", "data.width", "64"),
     # the same with the tiny random-init CLIP ViT (configs/profd_synthetic_vit.yaml)
     "profd_tiny_vit": ("profd.clip.name", "tiny", "profd.clip.pretrained", "none", "data.height", "128",

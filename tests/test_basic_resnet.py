@@ -1,8 +1,9 @@
 """The BasicBlock CLIP ResNet tower (tiny_rn10): architecture, geometry, loading, ProFD on top (CPU).
 
-References are built independently: the trunk against timm's own ``ResNet`` (``forward_features``) holding the
-same weights, last stride 1 against a timm ``BasicBlock`` built with stride 1, the global feature against
-open_clip's ``attnpool``, the patch tokens against the attention written out with plain tensor operations.
+References are built independently: the trunk against the network written out with torch.nn.functional on
+the same weights (last stride 1: the first layer4 convolution and shortcut at stride 1), the global feature
+against open_clip's ``attnpool``, the patch tokens against the attention written out with plain tensor
+operations.
 """
 import os
 from typing import Tuple
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import AttentionPool2d
 from test_clip_resnet import TOKENIZER, _images, _reference_attention
-from timm.models.resnet import BasicBlock, ResNet
+from timm.models.resnet import BasicBlock
 
 from profd_plugin.config import setup_cfg
 from profd_plugin.data.masks import part_names
@@ -50,18 +51,27 @@ def _backbone(image_size: Tuple[int, int], stride: int, seed: int = 0) -> ClipRe
     return ClipResNetBackbone(create_clip(NAME).visual, image_size=image_size, stride=stride)
 
 
-def _timm_reference(visual: BasicBlockResNet, stride: int) -> torch.nn.Module:
-    """timm's ResNet with the tower's trunk weights; last stride 1 = a stride-1 timm BasicBlock in layer4."""
-    net = ResNet(BasicBlock, [1, 1, 1, 1], channels=STAGES, stem_width=STAGES[0], num_classes=0,
-                 global_pool="")
-    if stride == 16:
-        first = net.layer4[0]
-        net.layer4[0] = BasicBlock(STAGES[2], STAGES[3], stride=1, downsample=torch.nn.Sequential(
-            torch.nn.Conv2d(STAGES[2], STAGES[3], 1, bias=False), torch.nn.BatchNorm2d(STAGES[3])))
-        assert net.layer4[0].state_dict().keys() == first.state_dict().keys()
-    trunk = {k: v for k, v in visual.state_dict().items() if not k.startswith("attnpool.")}
-    net.load_state_dict(trunk)  # strict: the same modules under the same names
-    return net.train(visual.training)
+def _reference_trunk(visual: BasicBlockResNet, images: torch.Tensor, stride: int) -> torch.Tensor:
+    """The trunk written out with torch.nn.functional on the tower's weights (eval-mode BatchNorm): 7x7/2
+    conv, BN, ReLU, 3x3/2 max pool; per stage one BasicBlock, relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut),
+    the first conv and the 1x1 shortcut strided 2 (stage 1: 1; stage 4 at stride 16: 1)."""
+    state = visual.state_dict()
+
+    def bn(x, key):
+        return F.batch_norm(x, state[f"{key}.running_mean"], state[f"{key}.running_var"],
+                            state[f"{key}.weight"], state[f"{key}.bias"], training=False)
+
+    x = F.max_pool2d(F.relu(bn(F.conv2d(images, state["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
+    for stage, step in zip(range(1, 5), (1, 2, 2, 2 if stride == 32 else 1)):
+        key = f"layer{stage}.0"
+        y = F.relu(bn(F.conv2d(x, state[f"{key}.conv1.weight"], stride=step, padding=1), f"{key}.bn1"))
+        y = bn(F.conv2d(y, state[f"{key}.conv2.weight"], padding=1), f"{key}.bn2")
+        shortcut = x
+        if f"{key}.downsample.0.weight" in state:
+            shortcut = F.conv2d(x, state[f"{key}.downsample.0.weight"], stride=step)
+            shortcut = bn(shortcut, f"{key}.downsample.1")
+        x = F.relu(y + shortcut)
+    return x
 
 
 # ---------------------------------------------------------------------------------------------- creation
@@ -74,6 +84,9 @@ def test_config_registered_with_open_clip_and_built_as_the_basic_block_tower():
     stages = (visual.layer1, visual.layer2, visual.layer3, visual.layer4)
     assert [stage[0].conv2.out_channels for stage in stages] == list(STAGES)
     assert visual.conv1.kernel_size == (7, 7) and visual.conv1.stride == (2, 2)
+    assert visual.conv1.out_channels == 48
+    assert visual.layer1[0].downsample is None  # a 4w-wide stem: no 1x1 projection into layer1
+    assert isinstance(visual.layer1[0], BasicBlock) and visual.layer4[0].downsample[0].stride == (2, 2)
     assert isinstance(visual.attnpool, AttentionPool2d) and visual.attnpool.num_heads == 384 // 64
     assert visual.attnpool.positional_embedding.shape == (1 + 7 * 7, 384)
     assert visual.attnpool.c_proj.out_features == D
@@ -88,8 +101,9 @@ def test_config_registered_with_open_clip_and_built_as_the_basic_block_tower():
     assert all(torch.equal(first[k], v) for k, v in create_clip(NAME).state_dict().items())  # seeded
     with torch.no_grad():  # a drop-in clip.visual: encode_image is the attention-pooled trunk
         images = _images((224, 224))
-        assert torch.equal(model.eval().encode_image(images), visual.attnpool(_timm_reference(
-            visual, 32).forward_features(images)))
+        encoded = model.eval().encode_image(images)
+        torch.testing.assert_close(encoded, visual.attnpool(_reference_trunk(visual, images, 32)), rtol=1e-4,
+                                   atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -119,12 +133,12 @@ def test_grid_for_is_the_feature_map_of_any_size(image_size, stride):
 
 # ---------------------------------------------------------------------------------------------- forward
 @pytest.mark.parametrize("stride", [16, 32])
-def test_forward_is_timms_trunk_and_open_clips_attention_pool(stride):
+def test_forward_is_the_written_out_trunk_and_open_clips_attention_pool(stride):
     backbone = _backbone((128, 64), stride).eval()
     images = _images((128, 64))
     with torch.no_grad():
         cls, patches = backbone(images)
-        features = _timm_reference(backbone.visual, stride).forward_features(images)
+        features = _reference_trunk(backbone.visual, images, stride)
         torch.testing.assert_close(backbone.feature_map(images), features, rtol=1e-5, atol=1e-5)
         assert torch.equal(cls, backbone.visual.attnpool(backbone.feature_map(images)))
         tokens = features.flatten(2).transpose(1, 2)  # (N, L, C)

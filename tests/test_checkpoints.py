@@ -62,14 +62,14 @@ def test_checkpoint_describes_itself(quick_start):
     assert ckpt["model_name"] == "profd" and ckpt["num_classes"] == 6
     cfg = setup_cfg(None, [])
     cfg.merge_from_other_cfg(cfg.load_cfg(ckpt["config"]))
-    assert cfg.profd.clip.name == "tiny_rn" and cfg.data.height == 64
+    assert cfg.profd.clip.name == "tiny_rn10" and cfg.data.height == 64
     assert set(ckpt) >= {"state_dict", "epoch", "rank1", "optimizer", "scheduler", "seed"}
 
 
 def test_quick_start_checkpoint_rebuilds_exactly(quick_start, synthetic_root):
     _, path = quick_start
     model, cfg, ckpt = build_from_checkpoint(path)
-    assert cfg.profd.clip.name == "tiny_rn" and not model.training
+    assert cfg.profd.clip.name == "tiny_rn10" and not model.training
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in ckpt["state_dict"].items())
 

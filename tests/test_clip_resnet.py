@@ -311,11 +311,11 @@ def test_profd_trains_one_step_with_every_loss_finite(stride):
     assert emb.attention.shape == (3, K + 2, 4 * grid[0] * grid[1])  # any eval size: its own grid
 
 
-#: (config, CLIP name, positional parameter, its trained shape at 64x32): the main job (tiny_rn, 4x2 map) and
-#: the tiny-ViT config (4x2 patches, width 128) train and evaluate through tools/main.py alike
+#: (config, CLIP name, positional parameter, its trained shape at 64x32): the main job (tiny_rn10 at stride
+#: 32, 2x1 map, 384 channels) and the tiny-ViT config (4x2 patches, width 128) train and evaluate through
+#: tools/main.py alike
 MAIN_CASES = [
-    ("profd_synthetic.yaml", "tiny_rn", "backbone.visual.attnpool.positional_embedding",
-     (1 + 4 * 2, CHANNELS)),
+    ("profd_synthetic.yaml", "tiny_rn10", "backbone.visual.attnpool.positional_embedding", (1 + 2 * 1, 384)),
     ("profd_synthetic_vit.yaml", "tiny", "backbone.visual.positional_embedding", (1 + 4 * 2, 128)),
 ]
 

@@ -37,7 +37,7 @@ require_extra("onnxscript", "export")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "profd_synthetic_vit.yaml")  # the tiny ViT (the paper's kind of tower)
-MAIN_JOB_CONFIG = os.path.join(ROOT, "configs", "profd_synthetic.yaml")  # tiny_rn: the CLIP ResNet tower
+MAIN_JOB_CONFIG = os.path.join(ROOT, "configs", "profd_synthetic.yaml")  # tiny_rn10: a CLIP ResNet tower
 SIZE = (64, 32)
 NUM_CLASSES = 6
 TOLERANCE = 1e-4
@@ -280,7 +280,7 @@ def test_every_attention_mode_exports_no_decoder_and_sigmoid_visibility():
 
 def test_main_job_clip_resnet_exports_to_onnx_and_torchscript_with_parity():
     model, cfg = _tiny_model(config=MAIN_JOB_CONFIG)
-    assert cfg.profd.clip.name == "tiny_rn"
+    assert cfg.profd.clip.name == "tiny_rn10"
     module = ProFDInference(model)
     for data, fmt in ((export_onnx(module), "onnx"), (export_torchscript(module), "torchscript")):
         parity = parity_check(module, load_runner(data, fmt), batches=TEST_BATCHES, mean=cfg.data.norm_mean,

@@ -3,6 +3,7 @@ is the engine's step."""
 import json
 import os
 
+import pytest
 import torch
 from conftest import load_script, tiny_run_opts
 
@@ -88,14 +89,18 @@ def test_gpu_smoke_sh_without_cuda_writes_nothing(tmp_path):
     assert len(err) == 1 and err[0].startswith("error: no CUDA device"), proc.stderr
 
 
-def test_backbone_flops_of_the_main_jobs_tiny_rn():
+@pytest.mark.parametrize("opts, tokens, c, pool_share", [
+    (["profd.clip.name", "tiny_rn", "profd.clip.stride", "16"], 1 + 8 * 4, 512, (0.4, 0.5)),  # C = 32 x 16
+    ([], 1 + 4 * 2, 384, (0.03, 0.06)),  # the main job's tiny_rn10: C = 32 x 12, 4 x 2 map
+])
+def test_backbone_flops_of_the_tiny_clip_resnets(opts, tokens, c, pool_share):
     """The stages and the attention pool add up to the backbone; the pool is its four projections over the
-    1 + 8 x 4 tokens (C = 512 = 32 x width 16, joint space D = 128), exactly."""
-    macs = FLOPS.count([])
+    1 + h x w tokens (C channels, joint space D = 128), exactly."""
+    macs = FLOPS.count(opts)
     assert sum(macs[k] for k in (*FLOPS.STAGES, "attention pool")) == macs["backbone"]
-    tokens, c, d = 1 + 8 * 4, 512, 128
+    d = 128
     assert macs["attention pool"] == tokens * (3 * c * c + c * d)
-    assert 0.4 < macs["attention pool"] / macs["backbone"] < 0.5
+    assert pool_share[0] < macs["attention pool"] / macs["backbone"] < pool_share[1]
 
 
 def test_swapped_trunk_is_timms_basic_block_resnet_under_the_attention_pool(monkeypatch):

@@ -29,11 +29,11 @@ def test_variants_are_registered_the_torchreid_way():
     factories = getattr(models, "__model_factory")
     for name in ("profd", "profd_s12", "profd_tiny", "profd_tiny_vit"):
         assert name in factories
-    for name, clip in (("profd_tiny", "tiny_rn"), ("profd_tiny_vit", "tiny")):  # the two CPU demos' models
+    for name, clip, stride in (("profd_tiny", "tiny_rn10", 32), ("profd_tiny_vit", "tiny", 16)):  # CPU demos
         model = models.build_model(name, 3, loss="triplet", pretrained=False)
         cfg = model.build_config
         assert (cfg.profd.clip.name, cfg.profd.clip.stride, (cfg.data.height, cfg.data.width)) == \
-            (clip, 16, (128, 64))
+            (clip, stride, (128, 64))
         with pytest.raises(ValueError, match=f"tiny CLIP '{clip}' .* has no pretrained weights"):
             models.build_model(name, 3)
 
@@ -100,12 +100,12 @@ def test_feature_extractor_follows_the_checkpoints_test_settings(synthetic_root,
 
 
 def test_feature_extractor_stops_with_one_line(profd_checkpoint, synthetic_root, tmp_path):
-    with pytest.raises(CheckpointError, match=r"profd.clip.name 'tiny_rn', this model was built with "
+    with pytest.raises(CheckpointError, match=r"profd.clip.name 'tiny_rn10', this model was built with "
                                               r"'ViT-B-16': use model_name='profd_tiny'"):
         _feature_extractor("profd", profd_checkpoint)
-    s32 = make_profd_checkpoint(str(tmp_path / "s32.pth"), synthetic_root, **{"profd.clip.stride": 32})
-    with pytest.raises(CheckpointError, match="profd.clip.stride 32, this model was built with 16"):
-        _feature_extractor("profd_tiny", s32)
+    s16 = make_profd_checkpoint(str(tmp_path / "s16.pth"), synthetic_root, **{"profd.clip.stride": 16})
+    with pytest.raises(CheckpointError, match="profd.clip.stride 16, this model was built with 32"):
+        _feature_extractor("profd_tiny", s16)
     ckpt = torch.load(profd_checkpoint, weights_only=True)
     torchreid_file = tmp_path / "other.pth"
     other_config = ckpt["config"].replace("name: profd", "name: osnet_x0_25", 1)

@@ -5,12 +5,15 @@ BatchNorm is zero-initialised. Trained from scratch on small data, that trunk le
 BasicBlock trunk of torchreid's ``resnet18`` (docs/RESULTS.md, "The trunk is the gap"). This tower is the same
 CLIP ResNet with that trunk instead:
 
-- **trunk**: timm's ``ResNet`` with ``BasicBlock`` (two 3x3 convolutions per block, the block of torchvision's
-  ``resnet18``): 7x7 stride-2 stem + 3x3 stride-2 max pool, then four stages whose output widths are those of
-  the ``ModifiedResNet`` of the same config (4w, 8w, 16w, 32w for config width w), strided 3x3 convolutions
-  and 1x1 strided shortcuts. timm's own initialisation (Kaiming normal, fan-out), **without**
-  zero-initialising each block's last BatchNorm (``zero_init_last=False``, torchvision's default): from
-  scratch, zero-init cost 10-15 mAP points on the second synthetic set.
+- **trunk**: torchvision's / timm's ResNet stem (7x7 stride-2 convolution, BN, ReLU, 3x3 stride-2 max pool)
+  and four stages of timm's ``BasicBlock`` (two 3x3 convolutions per block, the block of torchvision's
+  ``resnet18``; built by timm's ``make_blocks``: strided 3x3 convolutions, 1x1 strided shortcuts), whose
+  output widths are those of the ``ModifiedResNet`` of the same config (4w, 8w, 16w, 32w for config width
+  w). The stem is 4w wide, so every width scales with w (both libraries fix it at 64, the stem of their
+  ResNet-18 / 34; at w = 12 a 48-wide stem makes the trunk's training step 13 % cheaper than timm's 64-wide
+  one with its 1x1 projection into layer1). timm's initialisation (Kaiming normal, fan-out), **without**
+  zero-initialising each block's last BatchNorm (torchvision's default): from scratch, zero-init cost 10-15
+  mAP points on the second synthetic set.
 - **attention pool**: open_clip's ``AttentionPool2d`` on the 32w-channel map, with ``ModifiedResNet``'s heads
   (32w // 64) and initialisation, so ``ClipResNetBackbone`` reads it exactly as for the CLIP ResNet.
 
@@ -27,7 +30,7 @@ from typing import Sequence, Tuple
 
 import torch
 from open_clip.modified_resnet import AttentionPool2d
-from timm.models.resnet import BasicBlock, ResNet
+from timm.models.resnet import BasicBlock, make_blocks
 from torch import Tensor, nn
 
 __all__ = ["BasicBlockResNet", "BASIC_STAGE_EXPANSION"]
@@ -37,6 +40,7 @@ BASIC_STAGE_EXPANSION = 4
 _STAGES = 4
 _POOL_GRID_STRIDE = 32  # the attention pool's square grid is image_size // 32, as ModifiedResNet's
 _HEAD_WIDTH = 64  # open_clip's vision_cfg.head_width default: heads = 32w // 64
+_STEM_KERNEL, _STEM_POOL = 7, 3  # torchvision's / timm's stem: 7x7 stride-2 conv, 3x3 stride-2 max pool
 
 
 class BasicBlockResNet(nn.Module):
@@ -63,15 +67,22 @@ class BasicBlockResNet(nn.Module):
         self.output_dim = output_dim
         self.attnpool = AttentionPool2d(image_size // _POOL_GRID_STRIDE, channels[-1],
                                         channels[-1] // _HEAD_WIDTH, output_dim)
-        trunk = ResNet(BasicBlock, list(layers), channels=channels, stem_width=channels[0], num_classes=0,
-                       global_pool="", zero_init_last=False)
-        self.conv1, self.bn1, self.act1, self.maxpool = trunk.conv1, trunk.bn1, trunk.act1, trunk.maxpool
-        self.layer1, self.layer2 = trunk.layer1, trunk.layer2
-        self.layer3, self.layer4 = trunk.layer3, trunk.layer4
+        self.conv1 = nn.Conv2d(3, channels[0], _STEM_KERNEL, stride=2, padding=_STEM_KERNEL // 2,
+                               bias=False)
+        self.bn1 = nn.BatchNorm2d(channels[0])
+        self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(_STEM_POOL, stride=2, padding=_STEM_POOL // 2)
+        stages, _ = make_blocks((BasicBlock,) * _STAGES, channels, tuple(layers), inplanes=channels[0])
+        for name, stage in stages:  # layer1 .. layer4
+            self.add_module(name, stage)
         self.init_parameters()
 
     def init_parameters(self) -> None:
-        """The attention pool as ``ModifiedResNet.init_parameters`` (normal, std C^-0.5)."""
+        """Convolutions as timm's ``ResNet.init_weights`` (Kaiming normal, fan-out; BatchNorm at weight 1,
+        bias 0, no zero-init); the attention pool as ``ModifiedResNet.init_parameters`` (std C^-0.5)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         pool = self.attnpool
         std = pool.c_proj.in_features ** -0.5
         for proj in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
