@@ -10,10 +10,10 @@ CLIP ResNet with that trunk instead:
   ``resnet18``; built by timm's ``make_blocks``: strided 3x3 convolutions, 1x1 strided shortcuts), whose
   output widths are those of the ``ModifiedResNet`` of the same config (4w, 8w, 16w, 32w for config width
   w). The stem is 4w wide, so every width scales with w (both libraries fix it at 64, the stem of their
-  ResNet-18 / 34; at w = 12 a 48-wide stem makes the trunk's training step 13 % cheaper than timm's 64-wide
-  one with its 1x1 projection into layer1). timm's initialisation (Kaiming normal, fan-out), **without**
-  zero-initialising each block's last BatchNorm (torchvision's default): from scratch, zero-init cost 10-15
-  mAP points on the second synthetic set.
+  ResNet-18 / 34; at w = 12 the 48-wide stem, with no 1x1 projection into layer1, makes the main job's
+  step cheaper: ``benchmarks/trunk_step_time.py``). timm's initialisation (Kaiming normal, fan-out),
+  **without** zero-initialising each block's last BatchNorm (torchvision's default): from scratch, zero-init
+  cost 10-15 mAP points on the second synthetic set.
 - **attention pool**: open_clip's ``AttentionPool2d`` on the 32w-channel map, with ``ModifiedResNet``'s heads
   (32w // 64) and initialisation, so ``ClipResNetBackbone`` reads it exactly as for the CLIP ResNet.
 
