@@ -119,24 +119,38 @@ def test_resnet_stride_must_be_16_or_32(stride):
 
 
 # ---------------------------------------------------------------------------------------------- geometry
+#: the plugin's small CLIP ResNet towers (open_clip's ModifiedResNet; the BasicBlock tower, width 12) -> C
+TOWERS = {"tiny_rn": CHANNELS, "tiny_rn10": 12 * 32}
+#: input sizes whose feature-map grid is checked; the BasicBlock tower (ceil arithmetic) also takes (33, 17)
+GRID_SIZES = [(250, 122), (97, 33), (64, 32), (32, 32)]
+GRID_CASES = [(name, size) for name in TOWERS for size in GRID_SIZES] + [("tiny_rn10", (33, 17))]
+
+
+def _tower(name: str, image_size: Tuple[int, int], stride: int, seed: int = 0) -> ClipResNetBackbone:
+    """The backbone of the plugin config ``name`` at random init (``tiny_rn``: _backbone's weights)."""
+    torch.manual_seed(seed)
+    return ClipResNetBackbone(create_clip(name).visual, image_size=image_size, stride=stride)
+
+
+@pytest.mark.parametrize("name", list(TOWERS))
 @pytest.mark.parametrize("image_size, stride", list(GRIDS))
-def test_documented_shapes(image_size, stride):
-    backbone = _backbone(image_size, stride).eval()
-    grid = GRIDS[(image_size, stride)]
+def test_documented_shapes(name, image_size, stride):
+    backbone = _tower(name, image_size, stride).eval()
+    grid, channels = GRIDS[(image_size, stride)], TOWERS[name]
     assert backbone.grid_size == backbone.grid_for(image_size) == grid
     assert backbone.patch_size == backbone.stride == stride and backbone.embed_dim == D
-    assert backbone.visual.attnpool.positional_embedding.shape == (1 + grid[0] * grid[1], CHANNELS)
+    assert backbone.visual.attnpool.positional_embedding.shape == (1 + grid[0] * grid[1], channels)
     with torch.no_grad():
         features = backbone.feature_map(_images(image_size))
         cls, patches = backbone(_images(image_size))
-    assert features.shape == (2, CHANNELS, *grid)
+    assert features.shape == (2, channels, *grid)
     assert cls.shape == (2, D) and patches.shape == (2, grid[0] * grid[1], D)
 
 
 @pytest.mark.parametrize("stride", [16, 32])
-@pytest.mark.parametrize("image_size", [(250, 122), (97, 33), (64, 32), (32, 32)])
-def test_grid_for_is_the_feature_map_of_any_size(image_size, stride):
-    backbone = _backbone((128, 64), stride).eval()
+@pytest.mark.parametrize("name, image_size", GRID_CASES)
+def test_grid_for_is_the_feature_map_of_any_size(name, image_size, stride):
+    backbone = _tower(name, (128, 64), stride).eval()
     with torch.no_grad():
         features = backbone.feature_map(_images(image_size, n=1))
     assert tuple(features.shape[-2:]) == backbone.grid_for(image_size)

@@ -92,6 +92,12 @@ class BasicBlockResNet(nn.Module):
         """(N, 3, H, W) -> (N, 4w, H/4, W/4): 7x7 stride-2 convolution, BN, ReLU, 3x3 stride-2 max pool."""
         return self.maxpool(self.act1(self.bn1(self.conv1(x))))
 
+    @staticmethod
+    def grid_for(image_size: Sequence[int], stride: int) -> Tuple[int, ...]:
+        """Feature-map grid at output stride S: ceil(side / S) (every downsampling is a stride-2 convolution
+        or pool padded by k // 2, which rounds up)."""
+        return tuple(-(-int(side) // stride) for side in image_size)
+
     def remove_last_downsampling(self) -> None:
         """Last stride 1: the first ``layer4`` block's 3x3 convolution and 1x1 shortcut keep the grid."""
         block = self.layer4[0]

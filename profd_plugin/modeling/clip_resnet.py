@@ -21,7 +21,7 @@ forward + backward is 1.35x faster for the main job's ``tiny_rn`` (``benchmarks/
 
 The same backbone reads the plugin's :class:`~profd_plugin.modeling.basic_resnet.BasicBlockResNet` tower
 (timm's BasicBlock trunk under the same attention pool; the ``tiny_rn10`` config): only its stem, last-stride
-switch and grid arithmetic differ (:func:`_remove_last_downsampling`, :meth:`ClipResNetBackbone.grid_for`).
+switch and grid arithmetic differ (its own ``remove_last_downsampling`` and ``grid_for``).
 
 The attention pool's positional grid (7x7 at CLIP's 224x224) is re-gridded to the built input's feature
 map and resampled for any other input size by the ViT's rule (bilinear, align_corners False; CLIP-ReID
@@ -110,13 +110,13 @@ class ClipResNetBackbone(VisualBackbone):
         """(h, w) feature-map grid of an (H, W) input.
 
         CLIP ResNet: ceil(H / 2) (stem convolution), then floor-halved log2(S) - 1 times (2x2 average pools).
-        BasicBlock tower: ceil(H / S) (every downsampling is a strided convolution or pool padded by k // 2).
+        BasicBlock tower: ceil(H / S) (``BasicBlockResNet.grid_for``).
 
         Raises:
             ValueError: the input is too small for one feature-map position.
         """
         if isinstance(self.visual, BasicBlockResNet):
-            grid = tuple(-(-int(side) // self.stride) for side in image_size)
+            grid = self.visual.grid_for(image_size, self.stride)
         else:
             halvings = int(math.log2(self.stride // _STEM_CONV_STRIDE))
             grid = tuple(-(-int(side) // _STEM_CONV_STRIDE) // _POOL ** halvings for side in image_size)
