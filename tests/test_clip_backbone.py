@@ -244,8 +244,16 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path):
 
 def test_missing_checkpoint_path_is_named(tmp_path):
     missing = str(tmp_path / "nope" / "ViT-B-16.pt")
-    with pytest.raises(WeightsError, match="nope"):
+    with pytest.raises(WeightsError, match="nope") as err:
         create_clip("tiny", missing)
+    assert str(err.value).endswith("(use a path or none: it has no released weights)")  # no 'openai' for tiny
+
+
+def test_missing_checkpoint_lists_the_models_own_tags():
+    with pytest.raises(WeightsError) as err:
+        create_clip("RN50", "openaii")
+    assert "'openaii'" in str(err.value) and "(use one of its tags (openai, yfcc15m, cc12m), a path or none)" in \
+        str(err.value)
 
 
 def test_openai_offline_fails_fast_with_instructions(monkeypatch):

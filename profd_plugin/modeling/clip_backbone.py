@@ -309,8 +309,11 @@ def create_clip(name: str = "ViT-B-16", pretrained: str = "none", *, cache_dir: 
     elif os.path.isfile(source):
         path = source
     else:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        choices = f"one of its tags ({', '.join(tags)}), a path or none" if tags else \
+            "a path or none: it has no released weights"
         raise WeightsError(f"profd.clip.pretrained: CLIP checkpoint not found: '{source}' is neither "
-                           f"a file nor a known open_clip tag for {name} (use openai, a path or none)")
+                           f"a file nor a known open_clip tag for {name} (use {choices})")
     state_dict = _read_checkpoint(path)
     model = _build_clip(name, quick_gelu)
     _load_weights(model, state_dict, name=name, path=path)
