@@ -3,7 +3,8 @@ attention pool, as a ratio to the first candidate (by default ``tiny_rn`` at str
 
 Each candidate is ``TRUNK:CLIP_CONFIG:STRIDE``: ``TRUNK`` as ``--trunk`` of ``main_with_clip_configs.py``
 (``none`` keeps the config's own trunk: ``ModifiedResNet``'s, or the plugin's BasicBlock tower for
-``tiny_rn10``), the open_clip config whose attention pool it feeds, and ``profd.clip.stride``. Batch 32 at
+``tiny_rn10`` and ``tiny_rn10_k3``), the open_clip config whose attention pool it feeds, and
+``profd.clip.stride``. Batch 32 at
 128x64 on the real train loader of a small generated synthetic set, the engine's whole ``forward_backward``
 (data already loaded); the best of three rounds of four steps, after three warm-up steps. Random init (the
 cost does not depend on the weights)::
@@ -27,9 +28,8 @@ import main_with_clip_configs  # noqa: E402
 import throughput  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(HERE), "configs", "profd_synthetic.yaml")
-CANDIDATES = ("none:tiny_rn:16", "none:tiny_rn10:32", "none:tiny_rn10:16", "2222-64:tiny_rn:32",
-              "1111-64:tiny_rn:32", "1111-48:rn_w12_1111:32",
-              "2222-32:rn_w8_1111:32")
+CANDIDATES = ("none:tiny_rn:16", "none:tiny_rn10:32", "none:tiny_rn10_k3:32", "none:tiny_rn10:16",
+              "2222-64:tiny_rn:32", "1111-64:tiny_rn:32", "1111-48:rn_w12_1111:32", "2222-32:rn_w8_1111:32")
 SYNTHETIC = ["profd.synthetic.num_ids", "16", "profd.synthetic.num_test_ids", "4", "data.workers", "0"]
 
 

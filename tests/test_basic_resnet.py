@@ -1,4 +1,4 @@
-"""The BasicBlock CLIP ResNet tower (tiny_rn10): architecture, geometry, loading, ProFD on top (CPU).
+"""The BasicBlock CLIP ResNet towers (tiny_rn10, tiny_rn10_k3): architecture, geometry, loading, ProFD (CPU).
 
 References are built independently: the trunk against the network written out with torch.nn.functional on
 the same weights (last stride 1: the first layer4 convolution and shortcut at stride 1), the global feature
@@ -30,8 +30,10 @@ from profd_plugin.modeling.clip_backbone import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAME = "tiny_rn10"
-#: the tiny_rn10 config's values, written out: the JSON file registered with open_clip must keep them
+NAME = "tiny_rn10_k3"  # the 3x3-stem tower (parametrised tests cover both)
+#: the two BasicBlock towers and their stem kernels
+STEMS = {"tiny_rn10": 7, "tiny_rn10_k3": 3}
+#: both configs' values, written out: the JSON files registered with open_clip must keep them
 VALUES = {
     "embed_dim": 128,
     "vision_cfg": {"image_size": 224, "layers": [1, 1, 1, 1], "width": 12, "patch_size": None},
@@ -46,14 +48,16 @@ GRIDS = {((256, 128), 32): (8, 4), ((256, 128), 16): (16, 8),
          ((128, 64), 32): (4, 2), ((128, 64), 16): (8, 4)}
 
 
-def _backbone(image_size: Tuple[int, int], stride: int, seed: int = 0) -> ClipResNetBackbone:
+def _backbone(image_size: Tuple[int, int], stride: int, seed: int = 0,
+              name: str = NAME) -> ClipResNetBackbone:
     torch.manual_seed(seed)
-    return ClipResNetBackbone(create_clip(NAME).visual, image_size=image_size, stride=stride)
+    return ClipResNetBackbone(create_clip(name).visual, image_size=image_size, stride=stride)
 
 
 def _reference_trunk(visual: BasicBlockResNet, images: torch.Tensor, stride: int) -> torch.Tensor:
-    """The trunk written out with torch.nn.functional on the tower's weights (eval-mode BatchNorm): 7x7/2
-    conv, BN, ReLU, 3x3/2 max pool; per stage one BasicBlock, relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut),
+    """The trunk written out with torch.nn.functional on the tower's weights (eval-mode BatchNorm): kxk/2
+    conv (padding k // 2), BN, ReLU, 3x3/2 max pool; per stage one BasicBlock,
+    relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut),
     the first conv and the 1x1 shortcut strided 2 (stage 1: 1; stage 4 at stride 16: 1)."""
     state = visual.state_dict()
 
@@ -61,7 +65,9 @@ def _reference_trunk(visual: BasicBlockResNet, images: torch.Tensor, stride: int
         return F.batch_norm(x, state[f"{key}.running_mean"], state[f"{key}.running_var"],
                             state[f"{key}.weight"], state[f"{key}.bias"], training=False)
 
-    x = F.max_pool2d(F.relu(bn(F.conv2d(images, state["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
+    pad = state["conv1.weight"].shape[-1] // 2
+    x = F.relu(bn(F.conv2d(images, state["conv1.weight"], stride=2, padding=pad), "bn1"))
+    x = F.max_pool2d(x, 3, 2, 1)
     for stage, step in zip(range(1, 5), (1, 2, 2, 2 if stride == 32 else 1)):
         key = f"layer{stage}.0"
         y = F.relu(bn(F.conv2d(x, state[f"{key}.conv1.weight"], stride=step, padding=1), f"{key}.bn1"))
@@ -75,30 +81,33 @@ def _reference_trunk(visual: BasicBlockResNet, images: torch.Tensor, stride: int
 
 
 # ---------------------------------------------------------------------------------------------- creation
-def test_config_registered_with_open_clip_and_built_as_the_basic_block_tower():
-    assert NAME in BASIC_BLOCK_CLIP_CONFIGS and PLUGIN_CLIP_CONFIGS[NAME] == VALUES
-    model = create_clip(NAME)
-    assert open_clip.get_model_config(NAME) == VALUES
+@pytest.mark.parametrize("name", sorted(STEMS))
+def test_config_registered_with_open_clip_and_built_as_the_basic_block_tower(name):
+    assert BASIC_BLOCK_CLIP_CONFIGS[name] == STEMS[name] and PLUGIN_CLIP_CONFIGS[name] == VALUES
+    model = create_clip(name)
+    assert open_clip.get_model_config(name) == VALUES
     visual = model.visual
     assert isinstance(visual, BasicBlockResNet)
     stages = (visual.layer1, visual.layer2, visual.layer3, visual.layer4)
     assert [stage[0].conv2.out_channels for stage in stages] == list(STAGES)
-    assert visual.conv1.kernel_size == (7, 7) and visual.conv1.stride == (2, 2)
+    kernel = STEMS[name]
+    assert visual.conv1.kernel_size == (kernel, kernel) and visual.conv1.stride == (2, 2)
+    assert visual.conv1.padding == (kernel // 2, kernel // 2)
     assert visual.conv1.out_channels == 48
     assert visual.layer1[0].downsample is None  # a 4w-wide stem: no 1x1 projection into layer1
     assert isinstance(visual.layer1[0], BasicBlock) and visual.layer4[0].downsample[0].stride == (2, 2)
     assert isinstance(visual.attnpool, AttentionPool2d) and visual.attnpool.num_heads == 384 // 64
     assert visual.attnpool.positional_embedding.shape == (1 + 7 * 7, 384)
     assert visual.attnpool.c_proj.out_features == D
-    for name, param in visual.named_parameters():  # no zero-init of the blocks' last BatchNorm
-        if name.endswith(("bn1.weight", "bn2.weight")):
-            assert torch.equal(param, torch.ones_like(param)), name
+    for key, param in visual.named_parameters():  # no zero-init of the blocks' last BatchNorm
+        if key.endswith(("bn1.weight", "bn2.weight")):
+            assert torch.equal(param, torch.ones_like(param)), key
     std = 384 ** -0.5  # the attention pool initialised as ModifiedResNet's
     assert abs(visual.attnpool.q_proj.weight.std().item() - std) < 0.1 * std
     torch.manual_seed(0)
-    first = create_clip(NAME).state_dict()
+    first = create_clip(name).state_dict()
     torch.manual_seed(0)
-    assert all(torch.equal(first[k], v) for k, v in create_clip(NAME).state_dict().items())  # seeded
+    assert all(torch.equal(first[k], v) for k, v in create_clip(name).state_dict().items())  # seeded
     with torch.no_grad():  # a drop-in clip.visual: encode_image is the attention-pooled trunk
         images = _images((224, 224))
         encoded = model.eval().encode_image(images)
@@ -116,9 +125,10 @@ def test_grid_is_the_ceiling_of_size_over_stride(image_size, stride):
 
 
 # ---------------------------------------------------------------------------------------------- forward
+@pytest.mark.parametrize("name", sorted(STEMS))
 @pytest.mark.parametrize("stride", [16, 32])
-def test_forward_is_the_written_out_trunk_and_open_clips_attention_pool(stride):
-    backbone = _backbone((128, 64), stride).eval()
+def test_forward_is_the_written_out_trunk_and_open_clips_attention_pool(stride, name):
+    backbone = _backbone((128, 64), stride, name=name).eval()
     images = _images((128, 64))
     with torch.no_grad():
         cls, patches = backbone(images)
@@ -150,11 +160,20 @@ def test_load_open_clip_state_dict_written_at_random_init(tmp_path):
     assert model.backbone.visual.layer4[0].conv1.stride == (1, 1)  # last stride 1 by default
 
 
-def test_a_tiny_rn_checkpoint_does_not_fit(tmp_path):
-    torch.save(create_clip("tiny_rn").state_dict(), tmp_path / "rn.pt")
+@pytest.mark.parametrize("other", ["tiny_rn", "tiny_rn10"])
+def test_a_checkpoint_of_another_tower_does_not_fit(tmp_path, other):
+    torch.save(create_clip(other).state_dict(), tmp_path / "rn.pt")
     with pytest.raises(WeightsError, match=NAME) as err:
         create_clip(NAME, str(tmp_path / "rn.pt"))
     assert "\n" not in str(err.value) and "rn.pt" in str(err.value)
+    if other == "tiny_rn10":  # the same tower but for the stem: the mismatch is named
+        assert "conv1.weight" in str(err.value)
+
+
+@pytest.mark.parametrize("kernel", [0, 4, -3])
+def test_the_stem_kernel_must_be_odd_and_positive(kernel):
+    with pytest.raises(ValueError, match=f"stem_kernel must be odd and positive.*got {kernel}"):
+        BasicBlockResNet([1, 1, 1, 1], D, width=12, stem_kernel=kernel)
 
 
 # ---------------------------------------------------------------------------------------------- ProFD

@@ -120,10 +120,11 @@ def test_resnet_stride_must_be_16_or_32(stride):
 
 # ---------------------------------------------------------------------------------------------- geometry
 #: the plugin's small CLIP ResNet towers (open_clip's ModifiedResNet; the BasicBlock tower, width 12) -> C
-TOWERS = {"tiny_rn": CHANNELS, "tiny_rn10": 12 * 32}
+TOWERS = {"tiny_rn": CHANNELS, "tiny_rn10": 12 * 32, "tiny_rn10_k3": 12 * 32}
 #: input sizes whose feature-map grid is checked; the BasicBlock tower (ceil arithmetic) also takes (33, 17)
 GRID_SIZES = [(250, 122), (97, 33), (64, 32), (32, 32)]
-GRID_CASES = [(name, size) for name in TOWERS for size in GRID_SIZES] + [("tiny_rn10", (33, 17))]
+GRID_CASES = [(name, size) for name in TOWERS for size in GRID_SIZES] + [
+    ("tiny_rn10", (33, 17)), ("tiny_rn10_k3", (33, 17))]
 
 
 def _tower(name: str, image_size: Tuple[int, int], stride: int, seed: int = 0) -> ClipResNetBackbone:
@@ -329,7 +330,8 @@ def test_profd_trains_one_step_with_every_loss_finite(stride):
 #: 32, 2x1 map, 384 channels) and the tiny-ViT config (4x2 patches, width 128) train and evaluate through
 #: tools/main.py alike
 MAIN_CASES = [
-    ("profd_synthetic.yaml", "tiny_rn10", "backbone.visual.attnpool.positional_embedding", (1 + 2 * 1, 384)),
+    ("profd_synthetic.yaml", "tiny_rn10", "backbone.visual.attnpool.positional_embedding",
+     (1 + 2 * 1, 384)),
     ("profd_synthetic_vit.yaml", "tiny", "backbone.visual.positional_embedding", (1 + 4 * 2, 128)),
 ]
 

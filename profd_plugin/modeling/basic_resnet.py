@@ -5,7 +5,7 @@ BatchNorm is zero-initialised. Trained from scratch on small data, that trunk le
 BasicBlock trunk of torchreid's ``resnet18`` (docs/RESULTS.md, "The trunk is the gap"). This tower is the same
 CLIP ResNet with that trunk instead:
 
-- **trunk**: torchvision's / timm's ResNet stem (7x7 stride-2 convolution, BN, ReLU, 3x3 stride-2 max pool)
+- **trunk**: torchvision's / timm's ResNet stem (kxk stride-2 convolution, BN, ReLU, 3x3 stride-2 max pool)
   and four stages of timm's ``BasicBlock`` (two 3x3 convolutions per block, the block of torchvision's
   ``resnet18``; built by timm's ``make_blocks``: strided 3x3 convolutions, 1x1 strided shortcuts), whose
   output widths are those of the ``ModifiedResNet`` of the same config (4w, 8w, 16w, 32w for config width
@@ -14,6 +14,10 @@ CLIP ResNet with that trunk instead:
   step cheaper: ``benchmarks/trunk_step_time.py``). timm's initialisation (Kaiming normal, fan-out),
   **without** zero-initialising each block's last BatchNorm (torchvision's default): from scratch, zero-init
   cost 10-15 mAP points on the second synthetic set.
+- **stem kernel**: 7x7 as ResNet's (``tiny_rn10``, the main job's backbone) or 3x3 (``tiny_rn10_k3``): at
+  128x64 the 7x7 convolution on the full-resolution image is 17 % of the trunk's multiply-adds; the 3x3 one
+  makes the trunk's training step 0.86x as long (one thread, one measurement); it learned more on the first
+  synthetic set and less on the second (docs/RESULTS.md, "Choosing the embedded default").
 - **attention pool**: open_clip's ``AttentionPool2d`` on the 32w-channel map, with ``ModifiedResNet``'s heads
   (32w // 64) and initialisation, so ``ClipResNetBackbone`` reads it exactly as for the CLIP ResNet.
 
@@ -51,6 +55,8 @@ class BasicBlockResNet(nn.Module):
         output_dim: D, the attention pool's output (the CLIP ``embed_dim``).
         width: config width w; stage output widths 4w, 8w, 16w, 32w (w = 16 is ResNet-18's 64 .. 512).
         image_size: square pretraining size; the attention pool's grid is image_size // 32.
+        stem_kernel: odd kernel size of the stride-2 stem convolution (padding k // 2): 7 as ResNet's, or 3
+            (``tiny_rn10_k3``: 0.86x the trunk's training step at 128x64, docs/RESULTS.md).
 
     Attributes:
         conv1, bn1, act1, maxpool: the stem; layer1 .. layer4: the stages (timm modules); attnpool: the pool;
@@ -58,17 +64,19 @@ class BasicBlockResNet(nn.Module):
     """
 
     def __init__(self, layers: Sequence[int], output_dim: int, width: int = 16,
-                 image_size: int = 224) -> None:
+                 image_size: int = 224, stem_kernel: int = _STEM_KERNEL) -> None:
         super().__init__()
         if len(layers) != _STAGES:
             raise ValueError(f"a BasicBlock ResNet has {_STAGES} stages, got layers {list(layers)}")
+        if stem_kernel < 1 or stem_kernel % 2 == 0:
+            raise ValueError(f"stem_kernel must be odd and positive (padding k // 2 halves the grid), "
+                             f"got {stem_kernel}")
         channels: Tuple[int, ...] = tuple(BASIC_STAGE_EXPANSION * width * 2 ** i for i in range(_STAGES))
         self.image_size = image_size
         self.output_dim = output_dim
         self.attnpool = AttentionPool2d(image_size // _POOL_GRID_STRIDE, channels[-1],
                                         channels[-1] // _HEAD_WIDTH, output_dim)
-        self.conv1 = nn.Conv2d(3, channels[0], _STEM_KERNEL, stride=2, padding=_STEM_KERNEL // 2,
-                               bias=False)
+        self.conv1 = nn.Conv2d(3, channels[0], stem_kernel, stride=2, padding=stem_kernel // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(channels[0])
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(_STEM_POOL, stride=2, padding=_STEM_POOL // 2)
@@ -89,7 +97,7 @@ class BasicBlockResNet(nn.Module):
             nn.init.normal_(proj.weight, std=std)
 
     def stem(self, x: Tensor) -> Tensor:
-        """(N, 3, H, W) -> (N, 4w, H/4, W/4): 7x7 stride-2 convolution, BN, ReLU, 3x3 stride-2 max pool."""
+        """(N, 3, H, W) -> (N, 4w, H/4, W/4): kxk stride-2 convolution, BN, ReLU, 3x3 stride-2 max pool."""
         return self.maxpool(self.act1(self.bn1(self.conv1(x))))
 
     @staticmethod

@@ -6,7 +6,8 @@ ProFD reads the visual tower through :class:`~profd_plugin.modeling.visual.Visua
 of the tower (:func:`build_visual_backbone`).
 
 Models are built by open_clip's factory (``open_clip.create_model``; the plugin's own configs
-``model_configs/*.json`` -- ``tiny`` (ViT), ``tiny_rn`` and ``tiny_rn10`` (ResNets) -- are registered with
+``model_configs/*.json`` -- ``tiny`` (ViT), ``tiny_rn``, ``tiny_rn10`` and ``tiny_rn10_k3`` (ResNets) -- are
+registered with
 ``open_clip.add_model_config``; the ``BASIC_BLOCK_CLIP_CONFIGS`` among them get the plugin's BasicBlock tower,
 :class:`~profd_plugin.modeling.basic_resnet.BasicBlockResNet`, in place of open_clip's ``ModifiedResNet``)
 and checkpoint files are read by ``open_clip.factory.load_state_dict``.
@@ -63,9 +64,11 @@ TINY_RN_CLIP_NAME = "tiny_rn"
 #: attention-pool heads; the tiny text transformer).
 TINY_RN_CLIP_CONFIG: Dict[str, Any] = PLUGIN_CLIP_CONFIGS[TINY_RN_CLIP_NAME]
 #: Plugin ResNet configs whose visual tower is :class:`BasicBlockResNet` built from the config's ``layers``,
-#: ``width``, ``image_size`` and ``embed_dim`` (open_clip's config format knows no such tower, so the name
-#: says it): ``tiny_rn10``, ResNet-10's depth at stage widths 48 .. 384, the main job's backbone.
-BASIC_BLOCK_CLIP_CONFIGS = frozenset({"tiny_rn10"})
+#: ``width``, ``image_size`` and ``embed_dim``, with the stem convolution's kernel size given here
+#: (open_clip's config format knows no such tower, so the name says it): ``tiny_rn10``, ResNet-10's depth at
+#: stage widths 48 .. 384 with ResNet's 7x7 stem (the main job's backbone), and ``tiny_rn10_k3``, the same
+#: with a 3x3 stem.
+BASIC_BLOCK_CLIP_CONFIGS: Mapping[str, int] = {"tiny_rn10": 7, "tiny_rn10_k3": 3}
 #: Keys of OpenAI checkpoints that are not parameters (open_clip drops them only inside TorchScript archives).
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 #: Non-parameter tensors that open_clip-traced archives carry and the model rebuilds (causal text mask).
@@ -101,7 +104,7 @@ def _check_model_name(name: str) -> None:
     if cfg is None:
         raise ConfigError(f"unknown CLIP model '{name}' (profd.clip.name); use an open_clip ViT or ResNet "
                           f"name such as ViT-B-16 or RN50 (open_clip.list_models()), or tiny, tiny_rn, "
-                          f"tiny_rn10")
+                          f"tiny_rn10, tiny_rn10_k3")
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     if cfg.get("custom_text") or "timm_model_name" in vision or "hf_model_name" in text:
         raise ConfigError(f"CLIP model '{name}' is not a CLIP ViT or ResNet with the CLIP text transformer, "
@@ -157,7 +160,8 @@ def _build_clip(name: str, quick_gelu: bool) -> CLIP:
         cfg = PLUGIN_CLIP_CONFIGS[name]
         vision = cfg["vision_cfg"]
         model.visual = BasicBlockResNet(vision["layers"], cfg["embed_dim"], width=vision["width"],
-                                        image_size=vision["image_size"])
+                                        image_size=vision["image_size"],
+                                        stem_kernel=BASIC_BLOCK_CLIP_CONFIGS[name])
     return model
 
 
@@ -282,7 +286,7 @@ def create_clip(name: str = "ViT-B-16", pretrained: str = "none", *, cache_dir: 
 
     Args:
         name: open_clip model name of a CLIP ViT or ResNet (``ViT-B-16``, ``RN50``), or ``tiny`` /
-            ``tiny_rn`` / ``tiny_rn10``.
+            ``tiny_rn`` / ``tiny_rn10`` / ``tiny_rn10_k3``.
         pretrained: ``none`` / ``''`` (random init), an open_clip tag for ``name`` (``openai``: downloaded
             or taken from the cache; an offline failure raises a one-line RuntimeError saying what to
             download), or a path to a local checkpoint: an OpenAI TorchScript archive or state dict
