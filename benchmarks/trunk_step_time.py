@@ -4,10 +4,9 @@ attention pool, as a ratio to the first candidate (by default ``tiny_rn`` at str
 Each candidate is ``TRUNK:CLIP_CONFIG:STRIDE``: ``TRUNK`` as ``--trunk`` of ``main_with_clip_configs.py``
 (``none`` keeps the config's own trunk: ``ModifiedResNet``'s, or the plugin's BasicBlock tower for
 ``tiny_rn10`` and ``tiny_rn10_k3``), the open_clip config whose attention pool it feeds, and
-``profd.clip.stride``. Batch 32 at
-128x64 on the real train loader of a small generated synthetic set, the engine's whole ``forward_backward``
-(data already loaded); the best of three rounds of four steps, after three warm-up steps. Random init (the
-cost does not depend on the weights)::
+``profd.clip.stride``. Batch 32 at 128x64 on the real train loader of a small generated synthetic set, the
+engine's whole ``forward_backward`` (data already loaded); the best of three rounds of four steps, after three
+warm-up steps. Random init (the cost does not depend on the weights)::
 
     python benchmarks/trunk_step_time.py                       # the candidates of docs/RESULTS.md
     python benchmarks/trunk_step_time.py none:tiny_rn:16 2222-64:tiny_rn:32

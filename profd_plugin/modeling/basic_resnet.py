@@ -15,9 +15,10 @@ CLIP ResNet with that trunk instead:
   **without** zero-initialising each block's last BatchNorm (torchvision's default): from scratch, zero-init
   cost 10-15 mAP points on the second synthetic set.
 - **stem kernel**: 7x7 as ResNet's (``tiny_rn10``, the main job's backbone) or 3x3 (``tiny_rn10_k3``): at
-  128x64 the 7x7 convolution on the full-resolution image is 17 % of the trunk's multiply-adds; the 3x3 one
-  makes the trunk's training step 0.86x as long (one thread, one measurement); it learned more on the first
-  synthetic set and less on the second (docs/RESULTS.md, "Choosing the embedded default").
+  128x64 the 7x7 convolution is 17 % of the trunk's multiply-adds (``benchmarks/backbone_flops.py``), yet the
+  3x3 one left the main job's whole training step as long (1.01x, ``benchmarks/trunk_step_time.py``); it
+  learned more on the first synthetic set and less on the second (docs/RESULTS.md, "Choosing the embedded
+  default").
 - **attention pool**: open_clip's ``AttentionPool2d`` on the 32w-channel map, with ``ModifiedResNet``'s heads
   (32w // 64) and initialisation, so ``ClipResNetBackbone`` reads it exactly as for the CLIP ResNet.
 
@@ -56,7 +57,7 @@ class BasicBlockResNet(nn.Module):
         width: config width w; stage output widths 4w, 8w, 16w, 32w (w = 16 is ResNet-18's 64 .. 512).
         image_size: square pretraining size; the attention pool's grid is image_size // 32.
         stem_kernel: odd kernel size of the stride-2 stem convolution (padding k // 2): 7 as ResNet's, or 3
-            (``tiny_rn10_k3``: 0.86x the trunk's training step at 128x64, docs/RESULTS.md).
+            (``tiny_rn10_k3``).
 
     Attributes:
         conv1, bn1, act1, maxpool: the stem; layer1 .. layer4: the stages (timm modules); attnpool: the pool;

@@ -7,9 +7,9 @@ of the tower (:func:`build_visual_backbone`).
 
 Models are built by open_clip's factory (``open_clip.create_model``; the plugin's own configs
 ``model_configs/*.json`` -- ``tiny`` (ViT), ``tiny_rn``, ``tiny_rn10`` and ``tiny_rn10_k3`` (ResNets) -- are
-registered with
-``open_clip.add_model_config``; the ``BASIC_BLOCK_CLIP_CONFIGS`` among them get the plugin's BasicBlock tower,
-:class:`~profd_plugin.modeling.basic_resnet.BasicBlockResNet`, in place of open_clip's ``ModifiedResNet``)
+registered with ``open_clip.add_model_config``; the ``BASIC_BLOCK_CLIP_CONFIGS`` among them get the plugin's
+BasicBlock tower, :class:`~profd_plugin.modeling.basic_resnet.BasicBlockResNet`, in place of open_clip's
+``ModifiedResNet``)
 and checkpoint files are read by ``open_clip.factory.load_state_dict``.
 What open_clip lacks is kept here, each piece saying why (:func:`_read_checkpoint`,
 :func:`_fetch_pretrained`). :func:`create_clip` touches the network only for a named tag (``openai``),
@@ -103,8 +103,8 @@ def _check_model_name(name: str) -> None:
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ConfigError(f"unknown CLIP model '{name}' (profd.clip.name); use an open_clip ViT or ResNet "
-                          f"name such as ViT-B-16 or RN50 (open_clip.list_models()), or tiny, tiny_rn, "
-                          f"tiny_rn10, tiny_rn10_k3")
+                          f"name such as ViT-B-16 or RN50 (open_clip.list_models()), or "
+                          f"{', '.join(PLUGIN_CLIP_CONFIGS)}")
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     if cfg.get("custom_text") or "timm_model_name" in vision or "hf_model_name" in text:
         raise ConfigError(f"CLIP model '{name}' is not a CLIP ViT or ResNet with the CLIP text transformer, "
