@@ -1,7 +1,14 @@
 """Run by ``tests/test_engine.py`` under ``torch.distributed.run``: ``tools/main.py``'s ``main`` with the
 same arguments, in this process, on 2 ranks; after training (before ``main`` closes the process group) it
 checks that the memory banks and weights agree across ranks and that rank 1 evaluated nothing, and prints
-what it found once ``main`` has returned (rank 1's stdout is ``main``'s to silence until then)."""
+what it found once ``main`` has returned (rank 1's stdout is ``main``'s to silence until then).
+
+Once ``main`` has returned, nothing may hold the engine: its DDP wrapper holds the gloo process group, whose
+C++ worker threads then outlive ``destroy_process_group`` and are torn down during interpreter
+finalisation, where they can abort the process (``terminate called without an active exception``) after a
+run that succeeded. The worker therefore undoes its patches, and reports whether the process is back to its
+one thread (every gloo thread joined)."""
+import os
 import sys
 
 import torch
@@ -37,13 +44,26 @@ def main() -> int:
             assert results == {}, "rank 1 evaluated"
             found.append("rank 1 wrote nothing")
         dist.barrier()
+        engines.clear()
         return results
 
+    threads_before = _threads()
     training.setup_engine, training.run_from_cfg = setup_engine, run_from_cfg
-    code = load_main().main(sys.argv[1:])
+    try:
+        code = load_main().main(sys.argv[1:])
+    finally:
+        training.setup_engine, training.run_from_cfg = real_setup_engine, real_run_from_cfg
+    threads_after = _threads()
+    found.append("all threads joined" if threads_after == threads_before else
+                 f"{threads_after - threads_before} threads outlive main")
     for line in found:
         print(line)
     return code
+
+
+def _threads() -> int:
+    """The OS threads of this process (Linux)."""
+    return len(os.listdir("/proc/self/task"))
 
 
 if __name__ == "__main__":

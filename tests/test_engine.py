@@ -138,6 +138,8 @@ def test_ddp_two_processes_gloo(torchrun_job):
     save, r = torchrun_job
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "banks in sync" in r.stdout and "rank 1 wrote nothing" in r.stdout
+    # main released the process group before interpreter exit on both ranks: no gloo thread left to abort it
+    assert r.stdout.count("all threads joined") == 2, r.stdout[-3000:]
     assert os.path.exists(os.path.join(run_dir(save), "results.json"))
     assert _state(save, 2)["epoch"] == 2
 
