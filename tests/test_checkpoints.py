@@ -175,14 +175,14 @@ def test_runs_never_overwrite_each_other(trained_run, synthetic_root, tmp_path, 
     osnet = tiny_run_opts(synthetic_root, save, **{"model.name": "osnet_x0_25", "loss.name": "softmax",
                                                    "train.optim": "adam"})
     assert run_main(*osnet) == 0
-    other_lr = tiny_run_opts(synthetic_root, save, **{"train.lr": 0.002})
+    other_lr = tiny_run_opts(synthetic_root, save, **{"train.lr": 0.003})
     assert run_main(*other_lr) == 0
     assert open(os.path.join(first, "results.json")).read() == results
     assert len([n for n in os.listdir(save) if n.startswith("profd-train-")]) == 2
     mode = os.stat(os.path.join(first, "results.json")).st_mode & 0o777
     assert mode & 0o044 == 0o044  # readable by group and others (umask permitting), not mkstemp's 0600
     capsys.readouterr()
-    # resume auto continues the run with the same config, not the osnet run or the lr 0.002 run
+    # resume auto continues the run with the same config, not the osnet run or the lr 0.003 run
     resume = tiny_run_opts(synthetic_root, save, **{"model.resume": "auto", "train.max_epoch": 2})
     assert run_main(*resume) == 0
     assert os.path.exists(os.path.join(first, "model", "model.pth.tar-2"))
